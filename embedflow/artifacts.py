@@ -1,0 +1,204 @@
+"""Output directories that appear only when complete.
+
+Every job writes into a staging directory beside its final output, then publishes:
+the staging directory replaces the final one, `info.json` is written, and the
+`COMPLETED` marker is written last. A job that fails leaves neither a `COMPLETED`
+marker nor a half-written final directory; a re-run replaces the old output
+instead of mixing with it. Works on local paths and on `gs://` (through Beam's
+`FileSystems`, which reaches every filesystem Beam knows).
+"""
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+
+from apache_beam.io.filesystems import FileSystems
+
+from schemas import artifacts as names
+
+_STAGING_TAG = ".partial-"
+
+
+def is_remote(path):
+    return "://" in path
+
+
+def join(*parts):
+    return FileSystems.join(*parts) if is_remote(parts[0]) else os.path.join(*parts)
+
+
+def _list_files(root):
+    """All file paths under `root` (recursive), sorted."""
+    if not is_remote(root):
+        found = []
+        for dirpath, _, files in os.walk(root):
+            found.extend(os.path.join(dirpath, f) for f in files)
+        return sorted(found)
+    root = root.rstrip("/") + "/"
+    result = FileSystems.match([root + "**"])[0]
+    return sorted(m.path for m in result.metadata_list)
+
+
+def exists(path):
+    if not is_remote(path):
+        return os.path.exists(path)
+    return FileSystems.exists(path) or bool(_list_files(path))
+
+
+def delete_tree(path):
+    if not is_remote(path):
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+        return
+    files = _list_files(path)
+    if files:
+        FileSystems.delete(files)
+
+
+def write_text(path, text):
+    with FileSystems.create(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+def read_text(path):
+    with FileSystems.open(path) as f:
+        return f.read().decode("utf-8")
+
+
+def check_output_dir(path, flag="--output"):
+    """Fails before work starts when `path` cannot become an output directory."""
+    if not path:
+        raise ValueError(f"{flag} is required: the directory to write the job's output to")
+    if not is_remote(path):
+        if os.path.isfile(path):
+            raise ValueError(
+                f"{flag} {path} is a file, not a directory: choose another path or remove the file")
+        parent = os.path.dirname(os.path.abspath(path))
+        if os.path.isfile(parent):
+            raise ValueError(f"{flag} {path}: its parent {parent} is a file")
+
+
+class StagedOutput:
+    """A job's output directory, staged and published atomically.
+
+    Use as a context manager; call `publish(info)` as the job's last act. Leaving the
+    block without publishing (an exception) deletes the staging directory.
+    """
+
+    def __init__(self, final_dir, flag="--output"):
+        check_output_dir(final_dir, flag)
+        self.final_dir = final_dir.rstrip("/") if is_remote(final_dir) else os.path.abspath(final_dir)
+        self.path = f"{self.final_dir}{_STAGING_TAG}{uuid.uuid4().hex[:12]}"
+        self.published = False
+
+    def __enter__(self):
+        if not is_remote(self.path):
+            os.makedirs(self.path)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if not self.published:
+            try:
+                delete_tree(self.path)
+            except Exception:  # pylint: disable=broad-except
+                logging.exception("could not remove staging directory %s", self.path)
+        return False
+
+    def publish(self, info):
+        """Moves the staged files into place, then writes info.json and COMPLETED."""
+        info = dict(info)
+        info.setdefault("layout_version", names.LAYOUT_VERSION)
+        info.setdefault("completed_at", utc_now())
+        info.setdefault("versions", library_versions())
+        payload = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+        if is_remote(self.final_dir):
+            self._publish_remote()
+        else:
+            self._publish_local()
+        write_text(join(self.final_dir, names.INFO_FILE), payload)
+        write_text(join(self.final_dir, names.COMPLETED_FILE), utc_now() + "\n")
+        self.published = True
+        return self.final_dir
+
+    def _publish_local(self):
+        old = None
+        if os.path.exists(self.final_dir):
+            old = f"{self.final_dir}.old-{uuid.uuid4().hex[:12]}"
+            os.replace(self.final_dir, old)
+        os.replace(self.path, self.final_dir)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _publish_remote(self):
+        # Object stores have no directory rename: drop the old output (its COMPLETED
+        # marker first, so no reader trusts a half-deleted directory), then move files.
+        marker = join(self.final_dir, names.COMPLETED_FILE)
+        if FileSystems.exists(marker):
+            FileSystems.delete([marker])
+        delete_tree(self.final_dir)
+        sources = _list_files(self.path)
+        prefix = self.path.rstrip("/") + "/"
+        targets = [self.final_dir + "/" + s[len(prefix):] for s in sources]
+        if sources:
+            FileSystems.rename(sources, targets)
+
+
+def require_completed(path, flag, producer):
+    """Raises unless `path` is the complete output of a job.
+
+    Args:
+      path: the input directory.
+      flag: the flag that named it, for the message.
+      producer: the command that makes such a directory, for the message.
+    """
+    marker = join(path, names.COMPLETED_FILE)
+    if not FileSystems.exists(marker):
+        if not exists(path):
+            raise FileNotFoundError(f"{flag} {path} does not exist: run `{producer}` first")
+        raise FileNotFoundError(
+            f"{flag} {path} has no {names.COMPLETED_FILE} marker: the job that writes it "
+            f"did not finish. Re-run `{producer}` into it.")
+    return read_info(path)
+
+
+def read_info(path):
+    return json.loads(read_text(join(path, names.INFO_FILE)))
+
+
+def utc_now():
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def library_versions():
+    """Versions of the libraries that shape the outputs."""
+    versions = {"python": sys.version.split()[0]}
+    for module in ("apache_beam", "tensorflow", "tensorflow_transform", "numpy", "pyarrow", "keras"):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            versions[module] = getattr(mod, "__version__", "unknown")
+    import embedflow  # pylint: disable=import-outside-toplevel
+    versions["embedflow"] = embedflow.__version__
+    return versions
+
+
+def fingerprint_files(metadata):
+    """Fingerprints input files by path, size and modification time.
+
+    Args:
+      metadata: Beam `FileMetadata` objects.
+
+    Returns:
+      (list of per-file dicts, one sha256 over all of them).
+    """
+    files = [{"path": m.path, "size": m.size_in_bytes,
+              "mtime": round(m.last_updated_in_seconds or 0, 3)} for m in metadata]
+    files.sort(key=lambda f: f["path"])
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return files, digest

@@ -1,0 +1,1 @@
+"""Beam pipelines of embedflow: one module per job."""

@@ -1,0 +1,37 @@
+"""embedflow: word embeddings at scale (Beam + tf.Transform + TensorFlow).
+
+Also Dataflow's `--setup_file`: the sdist carries every package the workers import.
+Versions are pinned to the combination verified together on Python 3.11.
+"""
+
+import setuptools
+
+REQUIRED = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-transform==1.21.0",
+    "tfx-bsl==1.21.0",
+    "pyarrow==25.0.1",
+    "google-cloud-storage==3.17.1",
+    "numpy==2.4.6",
+    "matplotlib==3.11.2",
+    "pyyaml==6.0.4",
+]
+
+TEST = [
+    "pytest==9.2.0",
+    "gensim==4.4.0",
+    "gcp-storage-emulator==2026.7.19",
+]
+
+setuptools.setup(
+    name="embedflow",
+    version="0.1.0",
+    description="Word embeddings at scale: Beam + tf.Transform preprocessing, TensorFlow training",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["embedflow", "embedflow.*", "pipelines", "pipelines.*",
+                                               "trainer", "trainer.*", "schemas", "schemas.*"]),
+    install_requires=REQUIRED,
+    extras_require={"test": TEST},
+    entry_points={"console_scripts": ["embedflow=embedflow.cli:main"]},
+)
