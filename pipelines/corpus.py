@@ -473,12 +473,18 @@ def reorder_vocabulary(transform_dir, max_vocab, min_count):
     Raises:
       ValueError: no token reaches --min-count.
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow_transform import analyzers  # pylint: disable=import-outside-toplevel
+
+    # tf.Transform writes one placeholder token when no token passes the threshold.
+    _, placeholder = analyzers.get_empy_vocabulary_dummy_value(tf.string)
     path = _vocab_asset_path(transform_dir)
     entries = []
     for line in artifacts.read_text(path).splitlines():
         if line:
             count, token = line.split(" ", 1)
-            entries.append((token, int(float(count))))
+            if token.encode("utf-8") != placeholder:
+                entries.append((token, int(float(count))))
     entries.sort(key=lambda e: (-e[1], e[0].encode("utf-8")))
     if max_vocab is not None:
         entries = entries[:max_vocab]
@@ -490,7 +496,7 @@ def reorder_vocabulary(transform_dir, max_vocab, min_count):
     return entries
 
 
-def _pipeline_options(beam_args, job_name):
+def pipeline_options(beam_args, job_name):
     options = PipelineOptions(beam_args)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
@@ -540,7 +546,7 @@ def run(argv=None):
     with artifacts.StagedOutput(args.output) as out:
         temp_dir = artifacts.join(out.path, "tmp")
         started = time.time()
-        with beam.Pipeline(options=_pipeline_options(beam_args, "analyze")) as p:
+        with beam.Pipeline(options=pipeline_options(beam_args, "analyze")) as p:
             build(p, args, paths, out.path, temp_dir)
         counters = _counters(p.result)
         analyzed = time.time()
@@ -552,7 +558,7 @@ def run(argv=None):
                      oov_id, args.min_count)
 
         windows_dir = artifacts.join(out.path, schema.WINDOWS_DIR)
-        with beam.Pipeline(options=_pipeline_options(beam_args, "windows")) as p:
+        with beam.Pipeline(options=pipeline_options(beam_args, "windows")) as p:
             build(p, args, paths, out.path, temp_dir, oov_id=oov_id,
                   windows_prefix=artifacts.join(windows_dir, schema.WINDOWS_PREFIX),
                   num_shards=num_shards)
