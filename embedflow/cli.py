@@ -14,6 +14,7 @@ import sys
 # subcommand -> (module with run(argv), one-line help)
 COMMANDS = {
     "corpus": ("pipelines.corpus", "text files -> vocabulary + skip-gram windows (Beam + tf.Transform)"),
+    "digits": ("pipelines.digits", "32x32 digit images -> examples (Beam) -> MLP such as 1024-512-10"),
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)

@@ -136,7 +136,7 @@ def test_parameter_budget_warns_below_ten_examples_per_parameter():
     ratio, line, warning = common.parameter_budget(1_000, 9_999)
     assert ratio == pytest.approx(9.999)
     assert "1,000 parameters" in line and "9,999 training examples" in line
-    assert "below the rule of thumb of 10" in warning and "about 999 parameters" in warning
+    assert "below the rule of thumb of 10 (the data supports about 999 parameters)" in warning
     assert common.parameter_budget(1_000, 10_000)[2] is None
 
 

@@ -1,0 +1,1 @@
+"""TensorFlow trainers: skip-gram embeddings, the digit MLP, the sentiment classifier."""
