@@ -183,8 +183,97 @@ class _Progress:
                          self.count / max(now - self.start, 1e-9))
 
 
-class _DecodeLines(beam.DoFn):
-    """bytes line -> str paragraph; drops markup, empty, binary and over-long lines."""
+_CHUNK = 1 << 20
+_SPLIT_BYTES = 64 << 20
+
+
+def iter_lines(f, start=0, end=None, max_line_bytes=None):
+    """Yields the lines of a byte range of an open file, streaming.
+
+    A line belongs to the range that holds its first byte, so ranges of one file can
+    be read independently. A line longer than `max_line_bytes` is never held in
+    memory: it is read past and yielded as None.
+
+    Args:
+      f: binary file object (seekable when start > 0).
+      start: first byte of the range.
+      end: end of the range (exclusive), or None for the end of the file.
+      max_line_bytes: longest line yielded whole, or None.
+
+    Yields:
+      bytes lines without the line terminator ("\n" or "\r\n"), or None for a line
+      that was too long.
+    """
+    pos = start
+    if start > 0:
+        # The line holding byte start-1 belongs to the previous range: skip past it.
+        f.seek(start - 1)
+        pos = start - 1
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return
+            i = chunk.find(b"\n")
+            if i >= 0:
+                pos += i + 1
+                buf, off = chunk, i + 1
+                break
+            pos += len(chunk)
+    else:
+        buf, off = b"", 0
+    parts, held, too_long = [], 0, False
+    line_start = pos
+    while True:
+        if not parts and not too_long and end is not None and line_start >= end:
+            return
+        i = buf.find(b"\n", off)
+        if i < 0:
+            piece = buf[off:]
+            if piece and not too_long:
+                held += len(piece)
+                if max_line_bytes is not None and held > max_line_bytes:
+                    parts, too_long = [], True
+                else:
+                    parts.append(piece)
+            pos += len(buf) - off
+            buf, off = f.read(_CHUNK), 0
+            if not buf:
+                if parts or too_long:
+                    yield None if too_long else _strip_cr(b"".join(parts))
+                return
+            continue
+        piece = buf[off:i]
+        pos += i + 1 - off
+        off = i + 1
+        if too_long or (max_line_bytes is not None and held + len(piece) > max_line_bytes):
+            yield None
+        else:
+            yield _strip_cr(b"".join(parts) + piece if parts else piece)
+        parts, held, too_long = [], 0, False
+        line_start = pos
+
+
+def _strip_cr(line):
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+class _SplitFiles(beam.DoFn):
+    """(path, size) -> (path, start, end) byte ranges; compressed files stay whole."""
+
+    def __init__(self, split_bytes):
+        self._split = split_bytes
+
+    def process(self, path_and_size):
+        path, size = path_and_size
+        if CompressionTypes.detect_compression_type(path) != CompressionTypes.UNCOMPRESSED:
+            yield path, 0, None
+            return
+        for start in range(0, max(size, 1), self._split):
+            yield path, start, min(start + self._split, size)
+
+
+class _ReadDecodeLines(beam.DoFn):
+    """(path, start, end) -> str paragraphs; drops markup, empty, binary and over-long lines."""
 
     def __init__(self, fmt, max_line_chars):
         self._fmt, self._max = fmt, max_line_chars
@@ -197,54 +286,74 @@ class _DecodeLines(beam.DoFn):
     def setup(self):
         self._progress = _Progress("lines read")
 
-    def process(self, line):
+    def process(self, shard):
+        path, start, end = shard
+        # UTF-8 needs at most 4 bytes a character, so this bound never drops a line
+        # of max_line_chars characters; the exact check is on the decoded text.
+        with _open_decompressed(path) as f:
+            for line in iter_lines(f, start, end, max_line_bytes=4 * self._max):
+                text = self._decode(line)
+                if text is not None:
+                    yield text
+
+    def _decode(self, line):
         self.lines_read.inc()
         self._progress.add(1)
-        if len(line) > self._max:
+        if line is None:
             self.skipped["too_long"].inc()
-            return
+            return None
         if b"\x00" in line:
             self.skipped["binary"].inc()
-            return
+            return None
         stripped = line.strip()
         if not stripped:
             self.skipped["empty"].inc()
-            return
+            return None
         if self._fmt != "text" and (stripped.startswith(_DOC_OPEN) and stripped.endswith(b">")
                                     or stripped == _DOC_CLOSE):
             self.skipped["markup"].inc()
-            return
+            return None
         try:
             text = stripped.decode("utf-8")
         except UnicodeDecodeError:
             self.invalid_utf8.inc()
             text = stripped.decode("utf-8", errors="replace")
+        if len(text) > self._max:
+            self.skipped["too_long"].inc()
+            return None
         self.paragraphs.inc()
-        yield text
+        return text
 
 
 class ReadCorpus(beam.PTransform):
-    """Reads paragraphs from files.
+    """Reads paragraphs from files, streaming, in byte ranges of uncompressed files.
 
     Input: the pipeline root. Output: PCollection[str], one paragraph per element.
     """
 
-    def __init__(self, *, files, fmt="auto", max_line_chars=10_000_000):
+    def __init__(self, *, files, fmt="auto", max_line_chars=10_000_000, split_bytes=_SPLIT_BYTES):
         super().__init__()
         if not files:
             raise ValueError("ReadCorpus needs at least one file")
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-        self._files, self._fmt, self._max = list(files), fmt, max_line_chars
+        if split_bytes < 1:
+            raise ValueError(f"split_bytes must be >= 1, got {split_bytes}")
+        # Accept paths (sizes looked up) or (path, size) pairs.
+        self._files = [f if isinstance(f, tuple) else (f, None) for f in files]
+        self._fmt, self._max, self._split = fmt, max_line_chars, split_bytes
 
     def expand(self, pbegin):
+        files = [(p, s if s is not None else FileSystems.match([p])[0].metadata_list[0].size_in_bytes)
+                 for p, s in self._files]
         return (
             pbegin
-            | "ListFiles" >> beam.Create(self._files)
-            # str paths -> bytes lines; compression chosen by file extension.
-            | "ReadLines" >> beam.io.ReadAllFromText(coder=beam.coders.BytesCoder())
-            # bytes lines -> str paragraphs
-            | "DecodeLines" >> beam.ParDo(_DecodeLines(self._fmt, self._max)))
+            | "ListFiles" >> beam.Create(files)
+            # (path, size) -> (path, start, end), spread over workers
+            | "SplitFiles" >> beam.ParDo(_SplitFiles(self._split))
+            | "SpreadRanges" >> beam.Reshuffle()
+            # (path, start, end) -> str paragraphs
+            | "ReadLines" >> beam.ParDo(_ReadDecodeLines(self._fmt, self._max)))
 
 
 class _ToRecordBatches(beam.DoFn):
@@ -538,7 +647,7 @@ def run(argv=None):
     args, beam_args = parse_args(argv)
     files = match_inputs(args.input)
     file_info, fingerprint = artifacts.fingerprint_files(files)
-    paths = [m.path for m in files]
+    paths = [(m.path, m.size_in_bytes) for m in files]
     num_shards = args.num_shards or default_num_shards(files)
     logging.info("corpus: %d input files (%d bytes), fingerprint %s", len(files),
                  sum(m.size_in_bytes for m in files), fingerprint[:12])

@@ -2,7 +2,8 @@
 
     embedflow digits --input PATH [--input PATH ...] --format optdigits|mnist|png --output DIR
                      [--layers 1024-512-10] [--epochs N] [--batch-size N]
-                     [--eval-input PATH ... | --eval-fraction F] [--seed N] [Beam options]
+                     [--eval-input PATH ... | --eval-fraction F] [--seed N]
+                     [--learning-rate R] [--dropout P] [--patience N] [...] [Beam options]
     python -m pipelines.digits ...   (the same)
 
 Inputs (`--input` and `--eval-input`: a file, a glob or a folder; repeatable; local or gs://;
@@ -111,8 +112,14 @@ def parse_args(argv):
     parser.add_argument("--batch-size", type=int, default=128, help="batch size (default 128)")
     parser.add_argument("--learning-rate", type=float, default=1e-3,
                         help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--patience", type=int, default=3,
-                        help="stop after this many epochs without a lower eval loss (default 3)")
+    parser.add_argument("--dropout", type=float, default=0.5,
+                        help="dropout after every hidden layer while training (default 0.5; 0 = off)")
+    parser.add_argument("--lr-decay-factor", type=float, default=0.2,
+                        help="multiply the learning rate by this when eval loss stalls (default 0.2; 1 = off)")
+    parser.add_argument("--lr-decay-patience", type=int, default=1,
+                        help="epochs without a lower eval loss before that (default 1)")
+    parser.add_argument("--patience", type=int, default=4,
+                        help="stop after this many epochs without a lower eval loss (default 4)")
     parser.add_argument("--shuffle-buffer", type=int, default=10_000,
                         help="training examples shuffled together (default 10,000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and shuffling")

@@ -46,6 +46,32 @@ def test_split_runs_drops_oov_and_caps_length():
     assert fixtures.as_int_lists(runs) == [[0, 1], [2, 3], [4]]
 
 
+def _lines(data, start=0, end=None, max_line_bytes=None):
+    import io  # pylint: disable=import-outside-toplevel
+    return list(corpus.iter_lines(io.BytesIO(data), start, end, max_line_bytes))
+
+
+def test_iter_lines_handles_crlf_and_a_last_line_without_newline():
+    assert _lines(b"a b\r\n\ncd\nlast") == [b"a b", b"", b"cd", b"last"]
+    assert _lines(b"") == []
+
+
+def test_iter_lines_ranges_cover_every_line_exactly_once():
+    data = b"".join(b"line %d %s\n" % (i, b"x" * (i * 7 % 23)) for i in range(200)) + b"tail"
+    whole = _lines(data)
+    for step in (1, 7, 50, 333, len(data)):
+        pieces = []
+        for start in range(0, len(data), step):
+            pieces += _lines(data, start, min(start + step, len(data)))
+        assert pieces == whole, step
+
+
+def test_iter_lines_reads_past_over_long_lines_without_keeping_them(monkeypatch):
+    monkeypatch.setattr(corpus, "_CHUNK", 4)  # the long line spans many chunks
+    assert _lines(b"ok\n" + b"y" * 40 + b"\nfine\n" + b"z" * 30, max_line_bytes=10) == [
+        b"ok", None, b"fine", None]
+
+
 def test_window_record_round_trip_through_schema(tmp_path):
     path = str(tmp_path / "w.tfrecord")
     with tf.io.TFRecordWriter(path) as w:

@@ -113,8 +113,15 @@ def test_build_model_is_the_layer_string():
     dense = [l for l in model.layers if l.__class__.__name__ == "Dense"]
     assert [l.units for l in dense] == [32, 16, 10]
     assert [l.activation.__name__ for l in dense] == ["relu", "relu", "softmax"]
-    probabilities = model(np.random.default_rng(0).random((5, 1024)).astype(np.float32)).numpy()
+    assert [l.rate for l in model.layers if l.__class__.__name__ == "Dropout"] == [0.5, 0.5]
+    x = np.random.default_rng(0).random((5, 1024)).astype(np.float32)
+    probabilities = model(x, training=False).numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(model(x, training=False).numpy(), probabilities)  # no dropout
+    assert not np.allclose(model(x, training=True).numpy(), probabilities)  # dropout
+    plain = trainer.build_model(trainer.DigitsConfig(layers="1024-32-16-10", seed=3, dropout=0.0))
+    assert not [l for l in plain.layers if l.__class__.__name__ == "Dropout"]
+    np.testing.assert_array_equal(plain(x, training=True).numpy(), plain(x, training=False).numpy())
     # Deterministic per seed, different across seeds.
     same = trainer.build_model(config)
     other = trainer.build_model(trainer.DigitsConfig(layers="1024-32-16-10", seed=4))
@@ -126,6 +133,8 @@ def test_build_model_is_the_layer_string():
     ({"epochs": 0}, "--epochs must be >= 1, got 0"),
     ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
     ({"learning_rate": 0.0}, "--learning-rate must be > 0"),
+    ({"dropout": 1.0}, r"--dropout must be in \[0, 1\), got 1.0"),
+    ({"lr_decay_factor": 0.0}, "--lr-decay-factor must be in"),
 ])
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -1,0 +1,68 @@
+"""Helpers shared by the benchmark scripts: timing a command, printing a table."""
+
+import glob
+import os
+import subprocess
+import sys
+import threading
+import time
+
+SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def _tree_rss(root_pid):
+    """Resident bytes of a process and all its descendants (Linux /proc)."""
+    parents, rss = {}, {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        try:
+            with open(stat, encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            pid = int(stat.split("/")[2])
+            parents[pid] = int(fields[1])
+            rss[pid] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(child for child, parent in parents.items() if parent == pid)
+    return total
+
+
+def run_measured(argv, log_path):
+    """Runs a command, sampling the memory of its whole process tree.
+
+    Returns:
+      (wall seconds, peak resident bytes summed over the process tree).
+    """
+    start = time.time()
+    peak = [0]
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample():
+            while not done.wait(0.5):
+                peak[0] = max(peak[0], _tree_rss(proc.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait()
+        done.set()
+        sampler.join()
+    wall = time.time() - start
+    if code != 0:
+        sys.exit(f"{' '.join(argv)} failed with exit code {code}; see {log_path}")
+    return wall, peak[0]
+
+
+def print_table(rows, headers):
+    """Prints rows (lists of cells) as a Markdown table."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells[1:]:
+        print(line(r))
