@@ -89,6 +89,7 @@ def main(argv=None):
     parser.add_argument("--skip-gensim", action="store_true")
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="embedflow-bench-corpus-")
+    os.makedirs(work, exist_ok=True)
     files = sorted(os.path.join(args.data, f) for f in os.listdir(args.data))
 
     rows, last_out = [], None
