@@ -89,8 +89,9 @@ class _MetadataHandler(server.BaseHTTPRequestHandler):
 @contextlib.contextmanager
 def _serving(httpd):
     """Serves `httpd` (already bound) from a daemon thread until the block exits."""
-    thread = threading.Thread(target=httpd.serve_forever, name=f"serve-{httpd.server_address}",
-                              daemon=True)
+    # A short poll interval: shutdown() waits up to one interval.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              name=f"serve-{httpd.server_address}", daemon=True)
     thread.start()
     try:
         yield httpd

@@ -47,12 +47,13 @@ def test_gcs_input_gives_the_same_output_as_local_copies(gcs, tmp_path):  # pyli
     assert any("/service-accounts/default/token" in r for r in gcs.metadata_requests)
 
 
-@pytest.mark.parametrize("pattern", [
-    "gs://embedflow-test/corpus/nothing-*.txt",
-    "gs://embedflow-test/no-such-file.txt",
+@pytest.mark.parametrize("pattern, reason", [
+    ("gs://embedflow-test/corpus/nothing-*.txt", "matches no file"),
+    ("gs://embedflow-test/no-such-file.txt", "matches no file"),
+    ("gs://no-such-bucket/corpus/*", "cannot list it"),  # listing a missing bucket is a 404
 ])
-def test_gcs_glob_matching_nothing_names_it(gcs, tmp_path, pattern):  # pylint: disable=redefined-outer-name
+def test_gcs_glob_matching_nothing_names_it(gcs, tmp_path, pattern, reason):  # pylint: disable=redefined-outer-name
     gcs.upload("corpus/a.txt", fixtures.TINY_WIKI)
-    with pytest.raises(FileNotFoundError, match=f"--input {pattern.replace('*', '[*]')} matches no file"):
+    with pytest.raises(FileNotFoundError, match=f"--input {pattern.replace('*', '[*]')}:? {reason}"):
         corpus.run(["--input", pattern, "--output", str(tmp_path / "out"), *JOB_FLAGS])
     assert not os.listdir(tmp_path)  # failed before any work: no output, no staging directory
