@@ -2,8 +2,12 @@
 
 Reads the example TFRecords of the digits job (`pipelines/digits.py` documents the
 directory), prints the parameter budget, trains with Adam on sparse cross-entropy,
-stops early on eval loss (keeping the best epoch's weights), and writes the SavedModel,
-metrics.json and the plots. `pipelines.digits.run` calls `train` after preprocessing.
+divides the learning rate when eval loss stalls, stops early on eval loss (keeping the
+best epoch's weights), and writes the SavedModel, metrics.json and the plots.
+`pipelines.digits.run` calls `train` after preprocessing.
+
+Hidden layers are Dense + ReLU, each followed by dropout while training (`dropout`, 0
+turns it off; serving never drops); the output layer is Dense + softmax.
 """
 
 import dataclasses
@@ -62,7 +66,10 @@ class DigitsConfig:
     epochs: int = 30
     batch_size: int = 128
     learning_rate: float = 1e-3
-    patience: int = 3
+    dropout: float = 0.5  # after every hidden layer, while training
+    lr_decay_factor: float = 0.2  # learning rate x this ...
+    lr_decay_patience: int = 1  # ... after this many epochs without a lower eval loss
+    patience: int = 4  # stop after this many epochs without a lower eval loss
     shuffle_buffer: int = 10_000
     seed: int = 0
 
@@ -71,6 +78,11 @@ class DigitsConfig:
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (0 < self.lr_decay_factor <= 1,
+             f"--lr-decay-factor must be in (0, 1], got {self.lr_decay_factor}"),
+            (self.lr_decay_patience >= 0,
+             f"--lr-decay-patience must be >= 0, got {self.lr_decay_patience}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.shuffle_buffer >= 1, f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer}"),
         ]
@@ -87,7 +99,9 @@ class DigitsConfig:
 def config_from_args(args):
     """The DigitsConfig of parsed `embedflow digits` flags (validated)."""
     return DigitsConfig(layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
-                        learning_rate=args.learning_rate, patience=args.patience,
+                        learning_rate=args.learning_rate, dropout=args.dropout,
+                        lr_decay_factor=args.lr_decay_factor,
+                        lr_decay_patience=args.lr_decay_patience, patience=args.patience,
                         shuffle_buffer=args.shuffle_buffer, seed=args.seed)
 
 
@@ -96,7 +110,10 @@ def config_dict(config):
 
 
 def build_model(config):
-    """The compiled MLP: Dense + ReLU hidden layers, softmax output. Deterministic per seed."""
+    """The compiled MLP: Dense + ReLU (+ dropout) hidden layers, softmax output.
+
+    Deterministic per seed: weights and dropout masks are seeded from `config.seed`.
+    """
     sizes = config.layer_sizes
     inputs = keras.Input(shape=(sizes[0],), name=schema.IMAGE_KEY)
     x = inputs
@@ -104,6 +121,9 @@ def build_model(config):
         x = keras.layers.Dense(
             units, activation="relu", name=f"hidden_{i}",
             kernel_initializer=keras.initializers.GlorotUniform(seed=config.seed * 1000 + i))(x)
+        if config.dropout:
+            x = keras.layers.Dropout(config.dropout, seed=config.seed * 1000 + 500 + i,
+                                     name=f"dropout_{i}")(x)
     outputs = keras.layers.Dense(
         sizes[-1], activation="softmax", name="probabilities",
         kernel_initializer=keras.initializers.GlorotUniform(seed=config.seed * 1000))(x)
@@ -194,8 +214,13 @@ def train(config, *, train_files, eval_files, train_count, eval_count, output_di
     eval_data = make_dataset(eval_files, batch_size=max(config.batch_size, 1024), count=eval_count)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                             restore_best_weights=True)
+    callbacks = [stopper]
+    if config.lr_decay_factor < 1:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=config.lr_decay_factor,
+            patience=config.lr_decay_patience, min_lr=config.learning_rate * 1e-3, verbose=1))
     history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs,
-                        callbacks=[stopper], shuffle=False, verbose=2)
+                        callbacks=callbacks, shuffle=False, verbose=2)
     history = {k: [float(v) for v in values] for k, values in history.history.items()}
     epochs_run = len(history["loss"])
     best_epoch = int(stopper.best_epoch)
