@@ -11,10 +11,13 @@ import logging
 import os
 import sys
 
-# subcommand -> (module with run(argv), one-line help)
+# subcommand -> ("module" whose run(argv) runs it, or "module:function"; one-line help)
 COMMANDS = {
     "corpus": ("pipelines.corpus", "text files -> vocabulary + skip-gram windows (Beam + tf.Transform)"),
     "digits": ("pipelines.digits", "32x32 digit images -> examples (Beam) -> MLP such as 1024-512-10"),
+    "train": ("trainer.skipgram", "skip-gram with negative sampling on CPU, GPU or TPU (tf.distribute)"),
+    "evaluate": ("trainer.evaluate", "analogy accuracy and word-similarity Spearman of trained vectors"),
+    "neighbors": ("trainer.evaluate:run_neighbors", "nearest neighbours of words by cosine"),
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
@@ -62,8 +65,9 @@ def main(argv=None):
     if name not in COMMANDS:
         print(f"embedflow: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         exit_now(2)
-    module = importlib.import_module(COMMANDS[name][0])
-    exit_now(run_job(name, module.run, rest))
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    exit_now(run_job(name, getattr(module, function or "run"), rest))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,21 @@
+"""Artifact names of the embedding trainer's output directory.
+
+The contract itself is documented in `trainer/skipgram.py`.
+"""
+
+VECTORS_NPY = "vectors.npy"  # float32 [vocab_size, dim], row i is the word on line i of vocab.txt
+VOCAB_TXT = "vocab.txt"  # word<TAB>count, the corpus vocabulary in id order
+WORD2VEC_TXT = "vectors.word2vec.txt"  # word2vec text format (gensim's load_word2vec_format)
+PROJECTOR_VECTORS_TSV = "projector/vectors.tsv"  # Embedding Projector: one vector a line
+PROJECTOR_METADATA_TSV = "projector/metadata.tsv"  # Embedding Projector: word<TAB>count
+SAVED_MODEL_DIR = "saved_model"  # raw strings -> token vectors and their mean
+CHECKPOINT_DIR = "checkpoints"  # tf.train.Checkpoint, kept beside (not inside) the output
+LOGS_DIR = "logs"  # TensorBoard summaries
+METRICS_FILE = "metrics.json"
+
+# Serving signature of the SavedModel.
+SERVING_INPUT = "text"
+SERVING_VECTORS = "vectors"  # float32 [batch, max_tokens, dim], zeros at padding and OOV
+SERVING_MASK = "mask"  # bool [batch, max_tokens], true at in-vocabulary tokens
+SERVING_MEAN = "mean"  # float32 [batch, dim], mean over in-vocabulary tokens
+SERVING_TOKEN_IDS = "token_ids"  # int64 [batch, max_tokens], -1 at padding

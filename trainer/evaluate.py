@@ -1,0 +1,217 @@
+"""Evaluation of word vectors: analogies, word similarity, nearest neighbours.
+
+    embedflow evaluate --embeddings DIR [--analogies FILE] [--similarity FILE ...] [--json]
+    embedflow neighbors --embeddings DIR [--topn 10] [--json] WORD [WORD ...]
+
+Analogies (questions-words format, ": section" headers, "a b c d" lines): 3CosAdd over
+unit vectors, answer = argmax cos(x, b - a + c) over the most frequent
+`--restrict-vocab` words (30,000, as word2vec's compute-accuracy), the three question
+words excluded. Questions with a word outside those words are skipped and reported
+as lost coverage. Word similarity (WordSim-353 format: word, word, score separated by
+tabs or spaces; "#" lines are comments): Spearman's rank correlation between human
+scores and cosines, over the pairs whose words are both in the vocabulary.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from embedflow import artifacts
+from schemas import embeddings as schema
+from trainer.vectors import WordVectors
+
+PRODUCER = "embedflow train --corpus DIR --output DIR"
+
+
+def _read_lines(path, flag):
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"{flag} {path} does not exist")
+    with FileSystems.open(path) as f:
+        return f.read().decode("utf-8", errors="replace").splitlines()
+
+
+def read_analogies(path):
+    """Returns [(section, (a, b, c, d))], words lower-cased."""
+    section, questions = "", []
+    for n, line in enumerate(_read_lines(path, "--analogies"), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith(":"):
+            section = line[1:].strip()
+            continue
+        words = line.lower().split()
+        if len(words) != 4:
+            raise ValueError(f"--analogies {path}:{n}: expected 4 words, got {len(words)}")
+        questions.append((section, tuple(words)))
+    if not questions:
+        raise ValueError(f"--analogies {path} holds no question")
+    return questions
+
+
+def read_similarity(path):
+    """Returns [(word, word, score)], words lower-cased."""
+    pairs = []
+    for n, line in enumerate(_read_lines(path, "--similarity"), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.replace("\t", " ").split()
+        try:
+            pairs.append((parts[0].lower(), parts[1].lower(), float(parts[2])))
+        except (IndexError, ValueError):
+            if n == 1:  # a header line such as "Word 1  Word 2  Human (mean)"
+                continue
+            raise ValueError(f"--similarity {path}:{n}: expected 'word word score'") from None
+    if not pairs:
+        raise ValueError(f"--similarity {path} holds no pair")
+    return pairs
+
+
+def analogy_accuracy(vectors, questions, restrict_vocab=30000, batch=512):
+    """3CosAdd analogy accuracy, per section and overall, with coverage."""
+    limit = min(restrict_vocab, len(vectors))
+    unit = vectors.unit_vectors[:limit]
+    index = {w: i for i, w in enumerate(vectors.index_to_key[:limit])}
+    sections = {}
+    usable = []
+    for section, words in questions:
+        stats = sections.setdefault(section, {"correct": 0, "total": 0, "questions": 0})
+        stats["questions"] += 1
+        if all(w in index for w in words):
+            usable.append((section, [index[w] for w in words]))
+    for start in range(0, len(usable), batch):
+        chunk = usable[start:start + batch]
+        ids = np.array([q for _, q in chunk])
+        query = unit[ids[:, 1]] - unit[ids[:, 0]] + unit[ids[:, 2]]
+        scores = query @ unit.T
+        rows = np.arange(len(chunk))[:, None]
+        scores[rows, ids[:, :3]] = -np.inf
+        predicted = scores.argmax(axis=1)
+        for (section, q), p in zip(chunk, predicted):
+            sections[section]["total"] += 1
+            sections[section]["correct"] += int(p == q[3])
+    for stats in sections.values():
+        stats["accuracy"] = stats["correct"] / stats["total"] if stats["total"] else None
+    correct = sum(s["correct"] for s in sections.values())
+    total = sum(s["total"] for s in sections.values())
+    return {"accuracy": correct / total if total else 0.0, "correct": correct, "answered": total,
+            "questions": len(questions), "coverage": total / len(questions),
+            "restrict_vocab": limit, "sections": sections}
+
+
+def _ranks(x):
+    """Ranks with ties averaged (1-based), as Spearman's correlation needs."""
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sorted_x = np.asarray(x)[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(a, b):
+    ra, rb = _ranks(np.asarray(a, dtype=np.float64)), _ranks(np.asarray(b, dtype=np.float64))
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denominator = np.sqrt((ra ** 2).sum() * (rb ** 2).sum())
+    return float((ra * rb).sum() / denominator) if denominator else 0.0
+
+
+def similarity_spearman(vectors, pairs):
+    covered = [(a, b, s) for a, b, s in pairs if a in vectors and b in vectors]
+    if len(covered) < 2:
+        return {"spearman": None, "pairs": len(pairs), "covered": len(covered)}
+    human = [s for _, _, s in covered]
+    model = [vectors.similarity(a, b) for a, b, _ in covered]
+    return {"spearman": spearman(human, model), "pairs": len(pairs), "covered": len(covered),
+            "coverage": len(covered) / len(pairs)}
+
+
+def load_embeddings(directory):
+    artifacts.require_completed(directory, "--embeddings", PRODUCER)
+    return WordVectors.load(directory)
+
+
+def evaluate(vectors, analogies=None, similarity=(), restrict_vocab=30000):
+    result = {}
+    if analogies:
+        result["analogies"] = analogy_accuracy(vectors, read_analogies(analogies), restrict_vocab)
+        result["analogies"]["file"] = analogies
+    for path in similarity:
+        result.setdefault("similarity", {})[os.path.basename(path)] = dict(
+            similarity_spearman(vectors, read_similarity(path)), file=path)
+    return result
+
+
+def run(argv=None):
+    parser = argparse.ArgumentParser(prog="embedflow evaluate", description="Evaluate word vectors.")
+    parser.add_argument("--embeddings", required=True, metavar="DIR", help="embedflow train output")
+    parser.add_argument("--analogies", default=None, metavar="FILE", help="questions-words format")
+    parser.add_argument("--similarity", action="append", default=[], metavar="FILE",
+                        help="WordSim-353 format (repeatable)")
+    parser.add_argument("--restrict-vocab", type=int, default=30000)
+    parser.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    if not args.analogies and not args.similarity:
+        raise ValueError("give --analogies FILE and/or --similarity FILE")
+    if args.restrict_vocab < 1:
+        raise ValueError(f"--restrict-vocab must be >= 1, got {args.restrict_vocab}")
+    result = evaluate(load_embeddings(args.embeddings), args.analogies, args.similarity, args.restrict_vocab)
+    text = json.dumps(result, indent=2, sort_keys=True)
+    if args.output:
+        artifacts.write_text(args.output, text + "\n")
+    if args.json:
+        print(text)
+    else:
+        print(format_report(result))
+    return result
+
+
+def format_report(result):
+    lines = []
+    if "analogies" in result:
+        a = result["analogies"]
+        lines.append(f"analogies: {a['accuracy']:.2%} ({a['correct']}/{a['answered']}, "
+                     f"coverage {a['coverage']:.1%} of {a['questions']}, top {a['restrict_vocab']} words)")
+        for name, s in a["sections"].items():
+            acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.2%}"
+            lines.append(f"  {name:<32} {acc:>8}  ({s['correct']}/{s['total']} of {s['questions']})")
+    for name, s in result.get("similarity", {}).items():
+        rho = "-" if s["spearman"] is None else f"{s['spearman']:.3f}"
+        lines.append(f"similarity {name}: spearman {rho} over {s['covered']}/{s['pairs']} pairs")
+    return "\n".join(lines)
+
+
+def run_neighbors(argv=None):
+    parser = argparse.ArgumentParser(prog="embedflow neighbors", description="Nearest neighbours by cosine.")
+    parser.add_argument("--embeddings", required=True, metavar="DIR")
+    parser.add_argument("--topn", type=int, default=10)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("words", nargs="+", metavar="WORD")
+    args = parser.parse_args(argv)
+    if args.topn < 1:
+        raise ValueError(f"--topn must be >= 1, got {args.topn}")
+    vectors = load_embeddings(args.embeddings)
+    result = {}
+    for word in args.words:
+        try:
+            result[word] = vectors.most_similar(word.lower(), topn=args.topn)
+        except KeyError as e:
+            raise ValueError(str(e.args[0])) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for word, near in result.items():
+            print(f"{word}: " + ", ".join(f"{w} ({s:.3f})" for w, s in near))
+    sys.stdout.flush()
+    return result

@@ -1,0 +1,526 @@
+"""Embedding trainer: skip-gram with negative sampling, under tf.distribute.
+
+    embedflow train --corpus DIR --output DIR [--dim 100] [--epochs 5] [--negatives 5]
+        [--learning-rate 0.025] [--batch-size N] [--strategy auto|cpu|mirrored|multiworker|tpu]
+        [--tpu ADDRESS] [--seed N]
+
+Input: a corpus job output directory (refused without COMPLETED). Its window records
+are runs of token ids; for every epoch this trainer draws, in `tf.data`:
+  * frequent-word subsampling with word2vec's formula: a token of corpus frequency f
+    is kept with probability (sqrt(f / (s T)) + 1) (s T) / f, s = --sample, T = the
+    number of in-vocabulary tokens;
+  * a dynamic window: every centre draws its radius uniformly from 1..window, so a
+    context at distance d is used with probability (window - d + 1) / window;
+  * negatives from the unigram distribution of the stored counts raised to 0.75.
+Draws use stateless random ops seeded from (--seed, epoch, batch index), so a resumed
+run draws what the first would have drawn.
+
+Model and update: input vectors W (uniform in +-0.5/dim, as word2vec) and output
+vectors C (zeros). Each step takes a batch of (centre, context) pairs and their
+negatives, computes the negative-sampling gradients in closed form and applies them
+as sparse scatter updates scaled by the learning rate, which decays linearly with the
+number of corpus words processed, from --learning-rate to 1e-4 of it, as word2vec
+does. With several replicas the sparse updates are all-gathered so every replica
+applies all of them.
+
+Output directory (published only when complete):
+    vectors.npy, vocab.txt          rows of W and the vocabulary (word<TAB>count)
+    vectors.word2vec.txt            word2vec text format (gensim load_word2vec_format)
+    projector/vectors.tsv, projector/metadata.tsv   Embedding Projector
+    saved_model/                    raw strings -> token vectors, mask, mean; the corpus
+                                    job's transform_fn is inside, so it tokenizes alone
+    logs/                           TensorBoard summaries (loss, learning rate, words/s)
+    info.json, COMPLETED
+Checkpoints live in OUTPUT.checkpoints/ (beside the output): a run started again with
+the same command continues from the last one.
+"""
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from embedflow import artifacts
+from schemas import corpus as corpus_schema
+from schemas import embeddings as schema
+
+PRODUCER = "embedflow train --corpus DIR --output DIR"
+STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+_MIN_LR_RATIO = 1e-4
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Parameters of one training run (defaults follow word2vec's)."""
+
+    corpus: str
+    output: str
+    dim: int = 100
+    epochs: int = 5
+    negatives: int = 5
+    learning_rate: float = 0.025
+    batch_size: int = 8192  # (centre, context) pairs per step, over all replicas
+    window: int | None = None  # None: the corpus job's --window
+    sample: float | None = None  # None: the corpus job's --sample
+    strategy: str = "auto"
+    tpu: str | None = None
+    seed: int = 1
+    checkpoint_every_steps: int = 2000
+    log_every_seconds: float = 10.0
+    records_per_read: int = 64
+    max_steps: int | None = None  # stop early (tests, profiling)
+
+    def validate(self):
+        checks = [
+            (self.dim >= 1, f"--dim must be >= 1, got {self.dim}"),
+            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
+            (self.negatives >= 1, f"--negatives must be >= 1, got {self.negatives}"),
+            (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
+            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.window is None or self.window >= 1, f"--window must be >= 1, got {self.window}"),
+            (self.sample is None or 0 <= self.sample < 1, f"--sample must be in [0, 1), got {self.sample}"),
+            (self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}"),
+            (self.strategy != "tpu" or self.tpu, "--strategy tpu needs --tpu ADDRESS"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        artifacts.check_output_dir(self.output)
+
+
+# ------------------------------------------------------------------------ corpus
+
+
+@dataclasses.dataclass
+class Corpus:
+    """What the trainer reads from a corpus job's output."""
+
+    directory: str
+    vocab: list
+    counts: np.ndarray
+    window_files: list
+    window: int
+    sample: float
+    info: dict
+
+    @property
+    def total_words(self):
+        return int(self.counts.sum())
+
+
+def load_corpus(directory):
+    info = artifacts.require_completed(directory, "--corpus", "embedflow corpus --input GLOB --output DIR")
+    if info.get("job") != "corpus":
+        raise ValueError(f"--corpus {directory} is the output of `{info.get('job')}`, not of the corpus job")
+    text = artifacts.read_text(artifacts.join(directory, corpus_schema.VOCAB_FILE))
+    rows = [line.split("\t") for line in text.splitlines()]
+    files = sorted(tf.io.gfile.glob(artifacts.join(directory, corpus_schema.WINDOWS_DIR, "*")))
+    if not files:
+        raise FileNotFoundError(f"--corpus {directory} holds no window files")
+    return Corpus(directory, [r[0] for r in rows], np.array([int(r[1]) for r in rows], dtype=np.int64),
+                  files, info["parameters"]["window"], info["parameters"]["sample"], info)
+
+
+def keep_probabilities(counts, sample):
+    """word2vec's subsampling: probability of keeping each token, by id."""
+    if sample <= 0:
+        return np.ones(len(counts), dtype=np.float32)
+    threshold = sample * counts.sum()
+    keep = (np.sqrt(counts / threshold) + 1) * threshold / counts
+    return np.minimum(keep, 1.0).astype(np.float32)
+
+
+def noise_cdf(counts, power=0.75):
+    """Cumulative unigram^power distribution, for inverse-CDF negative sampling."""
+    weights = counts.astype(np.float64) ** power
+    cdf = np.cumsum(weights / weights.sum())
+    cdf[-1] = 1.0
+    return cdf.astype(np.float32)
+
+
+# ----------------------------------------------------------------------- dataset
+
+
+def skipgram_pairs(ids, row_ids, window, seed):
+    """All (centre, context) pairs of one batch of runs, dynamic window drawn per centre.
+
+    Args:
+      ids: int64 [N], the kept tokens of several runs, concatenated.
+      row_ids: int64 [N], the run each token belongs to (pairs never cross runs).
+      window: maximum radius.
+      seed: stateless seed, shape [2].
+
+    Returns:
+      (centres, contexts), int64 [P] each.
+    """
+    n = tf.shape(ids)[0]
+    radius = tf.random.stateless_uniform([n], seed, minval=1, maxval=window + 1, dtype=tf.int32)
+    centres, contexts = [], []
+    for d in range(1, window + 1):
+        left_ids, right_ids = ids[:-d], ids[d:]
+        same_run = tf.equal(row_ids[:-d], row_ids[d:])
+        # centre on the left, context d to the right, and the mirror image.
+        fwd = tf.logical_and(same_run, radius[:-d] >= d)
+        bwd = tf.logical_and(same_run, radius[d:] >= d)
+        centres += [tf.boolean_mask(left_ids, fwd), tf.boolean_mask(right_ids, bwd)]
+        contexts += [tf.boolean_mask(right_ids, fwd), tf.boolean_mask(left_ids, bwd)]
+    return tf.concat(centres, 0), tf.concat(contexts, 0)
+
+
+def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
+    """One epoch of training batches.
+
+    Each element is a dict: "centres" [B], "contexts" [B], "negatives" [B, K] (int64)
+    and "words" [] (float32, the corpus words these pairs stand for, before
+    subsampling, for the learning-rate schedule and words/s).
+    """
+    window = config.window if config.window is not None else corpus.window
+    sample = config.sample if config.sample is not None else corpus.sample
+    keep = tf.constant(keep_probabilities(corpus.counts, sample))
+    cdf = tf.constant(noise_cdf(corpus.counts))
+    batch_size = batch_size or config.batch_size
+    negatives = config.negatives
+    base = np.int64(config.seed) * 1_000_003 + epoch * 7919
+
+    files = tf.data.Dataset.from_tensor_slices(corpus.window_files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    files = files.shuffle(len(corpus.window_files), seed=int(base % (2**31)), reshuffle_each_iteration=False)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=16,
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = records.shuffle(4096, seed=int((base + 1) % (2**31)), reshuffle_each_iteration=False)
+
+    def to_pairs(index, serialized):
+        parsed = tf.io.parse_example(serialized, corpus_schema.WINDOWS_FEATURE_SPEC)
+        sparse = parsed[corpus_schema.TOKEN_IDS_KEY]
+        ids, row_ids = sparse.values, sparse.indices[:, 0]
+        seed = tf.stack([tf.constant(base, tf.int64), index])
+        kept = tf.random.stateless_uniform(tf.shape(ids), seed) < tf.gather(keep, ids)
+        ids_kept, rows_kept = tf.boolean_mask(ids, kept), tf.boolean_mask(row_ids, kept)
+        centres, contexts = skipgram_pairs(ids_kept, rows_kept, window, seed + 1)
+        pairs = tf.shape(centres)[0]
+        # Spread the raw word count of this read over its pairs, so any rebatching sums it.
+        words = tf.fill([pairs], tf.cast(tf.shape(ids)[0], tf.float32) / tf.cast(tf.maximum(pairs, 1), tf.float32))
+        return {"centres": centres, "contexts": contexts, "words": words}
+
+    def add_negatives(index, batch):
+        seed = tf.stack([tf.constant(base + 2, tf.int64), index])
+        shape = tf.stack([tf.shape(batch["centres"])[0], negatives])
+        u = tf.random.stateless_uniform(shape, seed)
+        batch["negatives"] = tf.minimum(tf.searchsorted(cdf, tf.reshape(u, [-1]), side="right"),
+                                        len(corpus.vocab) - 1)
+        batch["negatives"] = tf.reshape(tf.cast(batch["negatives"], tf.int64), shape)
+        batch["words"] = tf.reduce_sum(batch["words"])
+        return batch
+
+    pairs = (records.batch(config.records_per_read).enumerate()
+             .map(to_pairs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+             .rebatch(batch_size)
+             .enumerate()
+             .map(add_negatives, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+    return pairs.prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------------- model
+
+
+def choose_strategy(name, tpu=None):
+    """The tf.distribute strategy for --strategy."""
+    if name == "tpu" or (name == "auto" and tpu):
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" or (name == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy()
+    if name == "auto" and len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
+    return tf.distribute.get_strategy()
+
+
+class SkipGram(tf.Module):
+    """Input and output vectors and the sparse negative-sampling update."""
+
+    def __init__(self, vocab_size, dim, seed):
+        super().__init__()
+        init = tf.random.stateless_uniform([vocab_size, dim], [seed, 0], -0.5 / dim, 0.5 / dim)
+        aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.inputs = tf.Variable(init, name="input_vectors", aggregation=aggregation)
+        self.outputs = tf.Variable(tf.zeros([vocab_size, dim]), name="output_vectors",
+                                   aggregation=aggregation)
+
+    def gradients(self, centres, contexts, negatives):
+        """Closed-form SGNS gradients.
+
+        Returns:
+          (loss summed over pairs, IndexedSlices for inputs, IndexedSlices for outputs).
+        """
+        v = tf.gather(self.inputs, centres)  # [B, d]
+        targets = tf.concat([contexts[:, None], negatives], axis=1)  # [B, 1 + K]
+        u = tf.gather(self.outputs, targets)  # [B, 1 + K, d]
+        logits = tf.einsum("bd,bkd->bk", v, u)
+        labels = tf.concat([tf.ones_like(logits[:, :1]), tf.zeros_like(logits[:, 1:])], axis=1)
+        loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits))
+        g = tf.sigmoid(logits) - labels  # d loss / d logits, [B, 1 + K]
+        grad_v = tf.einsum("bk,bkd->bd", g, u)
+        grad_u = g[:, :, None] * v[:, None, :]
+        dim = tf.shape(v)[1]
+        return (loss,
+                tf.IndexedSlices(grad_v, centres),
+                tf.IndexedSlices(tf.reshape(grad_u, [-1, dim]), tf.reshape(targets, [-1])))
+
+
+# ------------------------------------------------------------------------ training
+
+
+def _progress_words(config, corpus):
+    return float(config.epochs) * corpus.total_words
+
+
+def train(config):
+    """Trains and returns (WordVectors, training stats). Resumes from checkpoints."""
+    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
+
+    corpus = load_corpus(config.corpus)
+    strategy = choose_strategy(config.strategy, config.tpu)
+    replicas = strategy.num_replicas_in_sync
+    logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s)",
+                 len(corpus.vocab), corpus.total_words, type(strategy).__name__, replicas)
+    total_words = _progress_words(config, corpus)
+    lr0 = config.learning_rate
+
+    with strategy.scope():
+        model = SkipGram(len(corpus.vocab), config.dim, config.seed)
+        words_done = tf.Variable(0.0, dtype=tf.float64, name="words_done",
+                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        step = tf.Variable(0, dtype=tf.int64, name="step",
+                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch",
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        batches_in_epoch = tf.Variable(0, dtype=tf.int64, name="batches_in_epoch",
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    ckpt_dir = config.output.rstrip("/") + ".checkpoints"
+    checkpoint = tf.train.Checkpoint(model=model, words_done=words_done, step=step, epoch=epoch_var,
+                                     batches_in_epoch=batches_in_epoch)
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint)
+        logging.info("train: resumed from %s (epoch %d, step %d)", manager.latest_checkpoint,
+                     int(epoch_var.numpy()), int(step.numpy()))
+
+    def replica_step(batch):
+        progress = tf.cast(words_done, tf.float32) / total_words
+        lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
+        loss, grad_in, grad_out = model.gradients(batch["centres"], batch["contexts"], batch["negatives"])
+        ctx = tf.distribute.get_replica_context()
+        words = batch["words"]
+        if ctx.num_replicas_in_sync > 1:
+            grad_in = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grad_in)
+            grad_out = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grad_out)
+            words = ctx.all_reduce(tf.distribute.ReduceOp.SUM, words)
+            loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+        model.inputs.scatter_sub(tf.IndexedSlices(lr * grad_in.values, grad_in.indices))
+        model.outputs.scatter_sub(tf.IndexedSlices(lr * grad_out.values, grad_out.indices))
+        words_done.assign_add(tf.cast(words, tf.float64))
+        step.assign_add(1)
+        batches_in_epoch.assign_add(1)
+        pairs = tf.cast(tf.shape(batch["centres"])[0], tf.float32)
+        return loss, lr, pairs
+
+    @tf.function
+    def train_steps(iterator, n):
+        """Runs up to n steps; returns (loss sum, pairs, last lr, steps run)."""
+        loss_sum, pairs_sum = tf.constant(0.0), tf.constant(0.0)
+        lr, done = tf.constant(0.0), tf.constant(0)
+        for _ in tf.range(n):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            loss, step_lr, pairs = strategy.run(replica_step, args=(batch.get_value(),))
+            loss_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
+            pairs_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, pairs, axis=None)
+            lr = strategy.reduce(tf.distribute.ReduceOp.MEAN, step_lr, axis=None)
+            done += 1
+        return loss_sum, pairs_sum, lr, done
+
+    writer = tf.summary.create_file_writer(artifacts.join(ckpt_dir, schema.LOGS_DIR))
+    stats = {"steps": 0, "pairs": 0.0, "seconds": 0.0, "loss_curve": []}
+    words_at_start = float(words_done.numpy())
+    train_start = time.time()
+    last_log, pairs_since, loss_sum, loss_pairs = time.time(), 0.0, 0.0, 0.0
+    words_at_log = words_at_start
+    steps_per_call = max(1, min(100, config.checkpoint_every_steps))
+    stop = False
+
+    for epoch in range(int(epoch_var.numpy()), config.epochs):
+        per_replica_batch = max(1, config.batch_size // replicas)
+        dataset_fn = lambda ctx, e=epoch: make_dataset(corpus, config, e, ctx, per_replica_batch)  # noqa: E731
+        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        for _ in range(int(batches_in_epoch.numpy())):  # resuming: the same draws, skip them
+            next(iterator)
+        while True:
+            n = steps_per_call
+            if config.max_steps is not None:
+                n = min(n, config.max_steps - int(step.numpy()))
+                if n <= 0:
+                    stop = True
+                    break
+            before = int(step.numpy())
+            loss, pairs, lr, done = train_steps(iterator, tf.constant(n))
+            done = int(done)
+            if done == 0:
+                break
+            pairs = float(pairs)
+            pairs_since += pairs
+            loss_sum += float(loss) / max(done, 1) * pairs  # mean loss per pair, weighted
+            loss_pairs += pairs
+            stats["steps"] += done
+            stats["pairs"] += pairs
+            current = before + done
+            if current // config.checkpoint_every_steps > before // config.checkpoint_every_steps:
+                manager.save(checkpoint_number=current)
+            now = time.time()
+            if now - last_log >= config.log_every_seconds:
+                words_now = float(words_done.numpy())
+                wps = (words_now - words_at_log) / (now - last_log)
+                mean_loss = loss_sum / max(loss_pairs, 1) / max(config.batch_size, 1)
+                logging.info("train: epoch %d step %d  %.1f%%  loss/pair %.4f  lr %.5f  %.0f words/s  %.0f pairs/s",
+                             epoch + 1, current, 100 * words_now / total_words, mean_loss, float(lr), wps,
+                             pairs_since / (now - last_log))
+                with writer.as_default(step=current):
+                    tf.summary.scalar("loss_per_pair", mean_loss)
+                    tf.summary.scalar("learning_rate", float(lr))
+                    tf.summary.scalar("words_per_second", wps)
+                stats["loss_curve"].append([current, round(words_now / total_words, 4), mean_loss])
+                last_log, pairs_since, loss_sum, loss_pairs, words_at_log = now, 0.0, 0.0, 0.0, words_now
+        if stop:
+            break
+        epoch_var.assign(epoch + 1)
+        batches_in_epoch.assign(0)
+        manager.save(checkpoint_number=int(step.numpy()))
+        logging.info("train: epoch %d done", epoch + 1)
+
+    stats["seconds"] = time.time() - train_start
+    stats["words"] = float(words_done.numpy()) - words_at_start
+    stats["words_per_second"] = stats["words"] / max(stats["seconds"], 1e-9)
+    stats["strategy"] = type(strategy).__name__
+    stats["replicas"] = replicas
+    writer.flush()
+    vectors = WordVectors(corpus.vocab, model.inputs.numpy(), corpus.counts)
+    return vectors, stats, corpus
+
+
+# ------------------------------------------------------------------------ exports
+
+
+class EmbeddingServer(tf.Module):
+    """Raw strings -> token ids through the corpus transform_fn -> vectors."""
+
+    def __init__(self, transform_output_dir, vectors):
+        super().__init__()
+        import tensorflow_transform as tft  # pylint: disable=import-outside-toplevel
+
+        self.tft_layer = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
+        self.table = tf.Variable(np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)]),
+                                 trainable=False, name="vectors_with_oov_row")
+        self.vocab_size = vectors.shape[0]
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.SERVING_INPUT)])
+    def serve(self, text):
+        ids = self.tft_layer({corpus_schema.TEXT_KEY: text})[corpus_schema.TOKEN_IDS_KEY]
+        if isinstance(ids, tf.SparseTensor):
+            ids = tf.RaggedTensor.from_sparse(ids)
+        padded = ids.to_tensor(default_value=-1)
+        mask = tf.logical_and(padded >= 0, padded < self.vocab_size)
+        safe = tf.where(mask, padded, tf.cast(self.vocab_size, tf.int64))
+        vecs = tf.gather(self.table, safe) * tf.cast(mask, tf.float32)[:, :, None]
+        count = tf.reduce_sum(tf.cast(mask, tf.float32), axis=1, keepdims=True)
+        mean = tf.reduce_sum(vecs, axis=1) / tf.maximum(count, 1.0)
+        return {schema.SERVING_VECTORS: vecs, schema.SERVING_MASK: mask, schema.SERVING_MEAN: mean,
+                schema.SERVING_TOKEN_IDS: padded}
+
+
+def export(vectors, corpus_dir, out_dir):
+    """Writes every export of the embeddings into `out_dir`."""
+    vectors.save(out_dir)
+    vectors.save_word2vec_format(artifacts.join(out_dir, schema.WORD2VEC_TXT))
+    if not artifacts.is_remote(out_dir):
+        os.makedirs(os.path.join(out_dir, "projector"), exist_ok=True)
+    artifacts.write_text(artifacts.join(out_dir, schema.PROJECTOR_VECTORS_TSV),
+                         "".join("\t".join(f"{x:.6g}" for x in row) + "\n" for row in vectors.vectors))
+    artifacts.write_text(artifacts.join(out_dir, schema.PROJECTOR_METADATA_TSV),
+                         "word\tcount\n" + "".join(f"{w}\t{c}\n" for w, c in zip(vectors.index_to_key,
+                                                                                 vectors.counts)))
+    server = EmbeddingServer(corpus_dir, vectors.vectors)
+    tf.saved_model.save(server, artifacts.join(out_dir, schema.SAVED_MODEL_DIR),
+                        signatures={"serving_default": server.serve})
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="embedflow train", description="Train skip-gram word vectors.")
+    parser.add_argument("--corpus", required=True, metavar="DIR", help="corpus job output")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    d = TrainConfig("", "")
+    parser.add_argument("--dim", type=int, default=d.dim)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--negatives", type=int, default=d.negatives)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
+    parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
+    parser.add_argument("--sample", type=float, default=None, help="default: the corpus job's")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
+    parser.add_argument("--tpu", default=None, help="TPU address (grpc://... or a TPU name)")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps)
+    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
+    config.validate()
+    return config
+
+
+def run(argv=None):
+    config = parse_args(argv)
+    with artifacts.StagedOutput(config.output) as out:
+        vectors, stats, corpus = train(config)
+        export(vectors, config.corpus, out.path)
+        ckpt_dir = config.output.rstrip("/") + ".checkpoints"
+        if tf.io.gfile.exists(artifacts.join(ckpt_dir, schema.LOGS_DIR)):
+            for name in tf.io.gfile.listdir(artifacts.join(ckpt_dir, schema.LOGS_DIR)):
+                tf.io.gfile.makedirs(artifacts.join(out.path, schema.LOGS_DIR))
+                tf.io.gfile.copy(artifacts.join(ckpt_dir, schema.LOGS_DIR, name),
+                                 artifacts.join(out.path, schema.LOGS_DIR, name), overwrite=True)
+        params = dataclasses.asdict(config)
+        params["window"] = config.window if config.window is not None else corpus.window
+        params["sample"] = config.sample if config.sample is not None else corpus.sample
+        out.publish({
+            "job": "train",
+            "inputs": {"corpus": config.corpus, "corpus_fingerprint": corpus.info["inputs"]["fingerprint"],
+                       "corpus_completed_at": corpus.info.get("completed_at")},
+            "parameters": params,
+            "vocab_size": len(vectors),
+            "training": {k: v for k, v in stats.items()},
+        })
+    # The run is complete: checkpoints are no longer needed to resume.
+    artifacts.delete_tree(config.output.rstrip("/") + ".checkpoints")
+    logging.info("train: wrote %s (%.0f words/s)", config.output, stats["words_per_second"])
+    return config.output
+
+
+if __name__ == "__main__":
+    from embedflow import cli
+
+    cli.exit_now(cli.run_job("train", run, os.sys.argv[1:]))
