@@ -9,6 +9,7 @@ import setuptools
 REQUIRED = [
     "apache-beam[gcp]==2.77.0",
     "tensorflow==2.21.0",
+    "tensorboard==2.21.0",  # tf.summary needs it; TF 2.21 no longer installs it
     "tensorflow-transform==1.21.0",
     "tfx-bsl==1.21.0",
     "pyarrow==25.0.1",

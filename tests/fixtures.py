@@ -62,3 +62,26 @@ def ids_to_tokens(records, vocab):
 
 def as_int_lists(values):
     return [np.asarray(v).tolist() for v in values]
+
+
+TOPICS = {
+    "animals": ["cat", "dog", "horse", "cow", "sheep", "goat", "mouse", "rabbit"],
+    "colors": ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"],
+    "tools": ["hammer", "saw", "drill", "wrench", "chisel", "pliers", "spanner", "axe"],
+}
+
+
+def topic_corpus(sentences=1500, length=12, seed=0):
+    """Text whose sentences each draw words from one topic, plus shared filler words.
+
+    Skip-gram vectors trained on it put the words of a topic next to each other.
+    """
+    rng = np.random.default_rng(seed)
+    names = sorted(TOPICS)
+    lines = []
+    for _ in range(sentences):
+        words = TOPICS[names[rng.integers(len(names))]]
+        tokens = [words[rng.integers(len(words))] if rng.random() < 0.8 else ["the", "and", "a"][rng.integers(3)]
+                  for _ in range(length)]
+        lines.append(" ".join(tokens))
+    return "\n".join(lines) + "\n"

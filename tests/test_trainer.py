@@ -1,0 +1,247 @@
+"""Embedding trainer: sampling maths, pair generation, training, exports, resume, evaluation."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from embedflow import artifacts
+from pipelines import corpus as corpus_job
+from schemas import embeddings as schema
+from tests import fixtures
+from trainer import evaluate, skipgram
+from trainer.vectors import WordVectors
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def topic_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("topic")
+    text = fixtures.write(str(root / "in" / "topics.txt"), fixtures.topic_corpus())
+    out = str(root / "corpus")
+    corpus_job.run(["--input", text, "--output", out, "--min-count", "1", "--num-shards", "2"])
+    return out
+
+
+def _train(corpus_dir, out, *extra):
+    return skipgram.run(["--corpus", corpus_dir, "--output", out, "--dim", "32", "--epochs", "3",
+                         "--batch-size", "512", *extra])
+
+
+def _topic_precision(vectors, topn=7):
+    """Share of each topic word's nearest neighbours that belong to its topic."""
+    hits = total = 0
+    for words in fixtures.TOPICS.values():
+        for w in words:
+            near = [n for n, _ in vectors.most_similar(w, topn=topn)]
+            hits += sum(n in words for n in near)
+            total += topn
+    return hits / total
+
+
+# ------------------------------------------------------------------------ sampling
+
+
+def test_keep_probabilities_follow_word2vec_formula():
+    counts = np.array([1000, 100, 1], dtype=np.int64)
+    keep = skipgram.keep_probabilities(counts, 1e-2)
+    t = 1e-2 * counts.sum()
+    expected = np.minimum((np.sqrt(counts / t) + 1) * t / counts, 1.0)
+    np.testing.assert_allclose(keep, expected, rtol=1e-6)
+    assert keep[0] < keep[1] <= keep[2] == 1.0
+    assert skipgram.keep_probabilities(counts, 0).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_noise_distribution_is_unigram_to_the_three_quarters():
+    counts = np.array([81, 16, 1], dtype=np.int64)
+    cdf = skipgram.noise_cdf(counts)
+    probs = np.diff(np.concatenate([[0.0], cdf]))
+    np.testing.assert_allclose(probs, np.array([27, 8, 1]) / 36, rtol=1e-5)
+    u = tf.random.stateless_uniform([200_000], [1, 2])
+    drawn = tf.searchsorted(tf.constant(cdf), u, side="right").numpy()
+    np.testing.assert_allclose(np.bincount(drawn, minlength=3) / 200_000, probs, atol=0.005)
+
+
+def test_pairs_with_window_one_are_neighbours_within_a_run():
+    ids = tf.constant([10, 11, 12, 20, 21], tf.int64)
+    rows = tf.constant([0, 0, 0, 1, 1], tf.int64)
+    centres, contexts = skipgram.skipgram_pairs(ids, rows, 1, tf.constant([3, 4], tf.int64))
+    pairs = sorted(zip(centres.numpy().tolist(), contexts.numpy().tolist()))
+    assert pairs == sorted([(10, 11), (11, 10), (11, 12), (12, 11), (20, 21), (21, 20)])
+
+
+def test_dynamic_window_keeps_distance_d_with_probability_w_minus_d_plus_1_over_w():
+    n, window = 20000, 4
+    ids = tf.range(n, dtype=tf.int64)
+    centres, contexts = skipgram.skipgram_pairs(ids, tf.zeros([n], tf.int64), window,
+                                                tf.constant([5, 6], tf.int64))
+    distance = np.abs(centres.numpy() - contexts.numpy())
+    for d in range(1, window + 1):
+        share = (distance == d).sum() / (2 * (n - d))
+        assert share == pytest.approx((window - d + 1) / window, abs=0.02)
+
+
+def test_one_epoch_of_batches_accounts_for_every_corpus_word(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=300, negatives=3, sample=0.0)
+    words = 0.0
+    for batch in skipgram.make_dataset(corpus, config, epoch=0):
+        assert batch["negatives"].shape[1] == 3
+        assert batch["negatives"].shape[0] == batch["centres"].shape[0] <= 300
+        words += float(batch["words"])
+    assert words == pytest.approx(corpus.total_words, rel=1e-4)
+
+
+def test_epochs_draw_differently_and_reproducibly(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=4096)
+    first = lambda e: next(iter(skipgram.make_dataset(corpus, config, e)))["centres"].numpy()  # noqa: E731
+    assert np.array_equal(first(0), first(0))
+    assert not np.array_equal(first(0), first(1))
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--dim", "0", "--dim must be >= 1"),
+    ("--epochs", "0", "--epochs must be >= 1"),
+    ("--learning-rate", "0", "--learning-rate must be > 0"),
+    ("--strategy", "tpu", "--strategy tpu needs --tpu ADDRESS"),
+])
+def test_bad_flags_fail_before_work(tmp_path, flag, value, message):
+    with pytest.raises(ValueError, match=message):
+        skipgram.parse_args(["--corpus", "c", "--output", str(tmp_path / "o"), flag, value])
+
+
+def test_corpus_without_completed_is_refused(tmp_path, topic_corpus):
+    copy = str(tmp_path / "corpus")
+    shutil.copytree(topic_corpus, copy)
+    os.remove(os.path.join(copy, "COMPLETED"))
+    with pytest.raises(FileNotFoundError, match="no COMPLETED marker"):
+        _train(copy, str(tmp_path / "emb"))
+
+
+# ------------------------------------------------------------------- end to end
+
+
+def test_train_export_and_serve_from_saved_model_alone(tmp_path, topic_corpus):
+    corpus_copy = str(tmp_path / "corpus")
+    shutil.copytree(topic_corpus, corpus_copy)
+    out = _train(corpus_copy, str(tmp_path / "emb"))
+    vectors = WordVectors.load(out)
+    assert _topic_precision(vectors) >= 0.9
+    info = artifacts.read_info(out)
+    assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    assert not os.path.exists(out + ".checkpoints")  # removed once complete
+
+    # word2vec text format loads in gensim with the same numbers.
+    from gensim.models import KeyedVectors  # pylint: disable=import-outside-toplevel
+    kv = KeyedVectors.load_word2vec_format(os.path.join(out, schema.WORD2VEC_TXT))
+    assert kv.index_to_key == vectors.index_to_key
+    np.testing.assert_allclose(kv.vectors, vectors.vectors, rtol=1e-4, atol=1e-6)
+    with open(os.path.join(out, schema.PROJECTOR_METADATA_TSV), encoding="utf-8") as f:
+        assert f.readline() == "word\tcount\n"
+    assert np.loadtxt(os.path.join(out, schema.PROJECTOR_VECTORS_TSV)).shape == vectors.vectors.shape
+
+    # Serve from the SavedModel alone: the corpus and the vectors files are gone.
+    saved = str(tmp_path / "served")
+    shutil.copytree(os.path.join(out, schema.SAVED_MODEL_DIR), saved)
+    expected_cat, expected_dog = vectors["cat"].copy(), vectors["dog"].copy()
+    shutil.rmtree(corpus_copy)
+    shutil.rmtree(out)
+    model = tf.saved_model.load(saved)
+    result = model.signatures["serving_default"](tf.constant(["Cat, DOG!", "zebra"]))
+    np.testing.assert_allclose(result[schema.SERVING_MEAN].numpy()[0], (expected_cat + expected_dog) / 2,
+                               rtol=1e-5, atol=1e-6)
+    assert result[schema.SERVING_MASK].numpy().tolist() == [[True, True], [False, False]]
+    np.testing.assert_allclose(result[schema.SERVING_MEAN].numpy()[1], 0.0)
+
+
+def test_killed_run_resumes_from_checkpoint(tmp_path, topic_corpus):
+    out = str(tmp_path / "emb")
+    argv = [sys.executable, "-m", "trainer.skipgram", "--corpus", topic_corpus, "--output", out, "--dim", "32",
+            "--epochs", "40", "--batch-size", "256", "--checkpoint-every-steps", "5"]
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = out + ".checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if tf.train.latest_checkpoint(ckpt_dir) and int(tf.train.latest_checkpoint(ckpt_dir).split("-")[-1]) >= 20:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "training ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int(tf.train.latest_checkpoint(ckpt_dir).split("-")[-1])
+    assert not os.path.exists(os.path.join(out, "COMPLETED"))
+
+    log = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=True).stderr
+    assert f"resumed from {ckpt_dir}/ckpt-{killed_at}" in log
+    info = artifacts.read_info(out)
+    # The resumed process trained only what was left: the total is one full run.
+    assert info["training"]["words"] < 40 * 18000
+    vectors = WordVectors.load(out)
+    assert vectors.index_to_key == [t for t, _ in fixtures.read_vocab(topic_corpus)]
+    assert _topic_precision(vectors) >= 0.9
+
+
+# ---------------------------------------------------------------------- vectors
+
+
+def test_word_vectors_lookup_similarity_and_round_trips(tmp_path):
+    rows = np.array([[1, 0], [0.9, 0.1], [0, 1], [-1, 0]], dtype=np.float32)
+    v = WordVectors(["a", "b", "c", "d"], rows, [4, 3, 2, 1])
+    assert [w for w, _ in v.most_similar("a", topn=2)] == ["b", "c"]
+    assert v.most_similar("a", topn=1, restrict_vocab=3)[0][0] == "b"
+    with pytest.raises(KeyError, match="'zebra' is not in the vocabulary"):
+        v["zebra"]  # pylint: disable=pointless-statement
+    v.save(str(tmp_path))
+    again = WordVectors.load(str(tmp_path))
+    assert again.index_to_key == v.index_to_key and again.counts.tolist() == [4, 3, 2, 1]
+    v.save_word2vec_format(str(tmp_path / "w2v.txt"))
+    loaded = WordVectors.load_word2vec_format(str(tmp_path / "w2v.txt"))
+    np.testing.assert_allclose(loaded.vectors, rows)
+
+
+# -------------------------------------------------------------------- evaluation
+
+
+def test_analogy_accuracy_counts_sections_and_coverage(tmp_path):
+    # king - man + woman = queen holds exactly; the second question has an unknown word.
+    words = ["man", "woman", "king", "queen", "apple"]
+    rows = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 1], [1, 1, 1], [0, -1, 0]], dtype=np.float32)
+    v = WordVectors(words, rows)
+    path = fixtures.write(str(tmp_path / "q.txt"),
+                          ": family\nman woman king queen\nman woman king princess\n: fruit\nman woman king apple\n")
+    result = evaluate.analogy_accuracy(v, evaluate.read_analogies(path))
+    assert result["sections"]["family"] == {"correct": 1, "total": 1, "questions": 2, "accuracy": 1.0}
+    assert result["sections"]["fruit"]["correct"] == 0
+    assert result["coverage"] == pytest.approx(2 / 3)
+    assert result["accuracy"] == pytest.approx(0.5)
+
+
+def test_spearman_matches_scipy_with_ties():
+    from scipy.stats import spearmanr  # pylint: disable=import-outside-toplevel
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 5, 60).astype(float)
+    b = a + rng.normal(0, 2, 60)
+    assert evaluate.spearman(a, b) == pytest.approx(spearmanr(a, b).statistic, abs=1e-9)
+
+
+def test_similarity_reads_wordsim_format_and_reports_coverage(tmp_path):
+    v = WordVectors(["tiger", "cat", "car"], np.array([[1, 0.1], [1, 0], [0, 1]], dtype=np.float32))
+    path = fixtures.write(str(tmp_path / "ws.tsv"),
+                          "# comment\ntiger\tcat\t7.35\ncat car 1.0\ntiger\tcar\t0.5\nzebra\tcat\t5\n")
+    result = evaluate.similarity_spearman(v, evaluate.read_similarity(path))
+    assert result["covered"] == 3 and result["pairs"] == 4
+    assert result["spearman"] == pytest.approx(1.0)
+
+
+def test_evaluate_refuses_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--analogies .*nope.txt does not exist"):
+        evaluate.read_analogies(str(tmp_path / "nope.txt"))
