@@ -236,7 +236,7 @@ def test_spearman_matches_scipy_with_ties():
 def test_similarity_reads_wordsim_format_and_reports_coverage(tmp_path):
     v = WordVectors(["tiger", "cat", "car"], np.array([[1, 0.1], [1, 0], [0, 1]], dtype=np.float32))
     path = fixtures.write(str(tmp_path / "ws.tsv"),
-                          "# comment\ntiger\tcat\t7.35\ncat car 1.0\ntiger\tcar\t0.5\nzebra\tcat\t5\n")
+                          "# comment\ntiger\tcat\t7.35\ncat car 0.5\ntiger\tcar\t1.0\nzebra\tcat\t5\n")
     result = evaluate.similarity_spearman(v, evaluate.read_similarity(path))
     assert result["covered"] == 3 and result["pairs"] == 4
     assert result["spearman"] == pytest.approx(1.0)
