@@ -75,6 +75,7 @@ class TrainConfig:
     log_every_seconds: float = 10.0
     records_per_read: int = 64
     max_steps: int | None = None  # stop early (tests, profiling)
+    init_from: str | None = None  # embeddings output whose vectors start the shared words
 
     def validate(self):
         checks = [
@@ -279,6 +280,31 @@ class SkipGram(tf.Module):
                 tf.IndexedSlices(tf.reshape(grad_u, [-1, dim]), tf.reshape(targets, [-1])))
 
 
+def warm_start(model, vocab, directory):
+    """Starts the input vectors of words found in both vocabularies from `directory`.
+
+    For retraining on a grown corpus: words new to the corpus keep their random start.
+
+    Returns:
+      the number of words copied.
+    """
+    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
+
+    artifacts.require_completed(directory, "--init-from", PRODUCER)
+    old = WordVectors.load(directory)
+    init = model.inputs.numpy()
+    if old.dim != init.shape[1]:
+        raise ValueError(f"--init-from {directory} holds {old.dim}-dimensional vectors, "
+                         f"but --dim is {init.shape[1]}: train with --dim {old.dim}")
+    pairs = [(i, old.key_to_index[w]) for i, w in enumerate(vocab) if w in old.key_to_index]
+    if pairs:
+        rows, old_rows = (np.array(x) for x in zip(*pairs))
+        init[rows] = old.vectors[old_rows]
+        model.inputs.assign(init)
+    logging.info("train: %d of %d words start from %s", len(pairs), len(vocab), directory)
+    return len(pairs)
+
+
 # ------------------------------------------------------------------------ training
 
 
@@ -309,6 +335,8 @@ def train(config):
         batches_in_epoch = tf.Variable(0, dtype=tf.int64, name="batches_in_epoch",
                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
+    if config.init_from:
+        warm_start(model, corpus.vocab, config.init_from)  # a checkpoint, if any, wins below
     ckpt_dir = config.output.rstrip("/") + ".checkpoints"
     checkpoint = tf.train.Checkpoint(model=model, words_done=words_done, step=step, epoch=epoch_var,
                                      batches_in_epoch=batches_in_epoch)
@@ -485,6 +513,9 @@ def parse_args(argv):
     parser.add_argument("--tpu", default=None, help="TPU address (grpc://... or a TPU name)")
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps)
+    parser.add_argument("--init-from", default=None, metavar="DIR",
+                        help="embeddings output (embedflow train) whose vectors start the words "
+                             "both vocabularies hold: warm start for a grown corpus")
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
