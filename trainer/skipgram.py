@@ -16,12 +16,16 @@ Draws use stateless random ops seeded from (--seed, epoch, batch index), so a re
 run draws what the first would have drawn.
 
 Model and update: input vectors W (uniform in +-0.5/dim, as word2vec) and output
-vectors C (zeros). Each step takes a batch of (centre, context) pairs and their
-negatives, computes the negative-sampling gradients in closed form and applies them
-as sparse scatter updates scaled by the learning rate, which decays linearly with the
-number of corpus words processed, from --learning-rate to 1e-4 of it, as word2vec
-does. With several replicas the sparse updates are all-gathered so every replica
-applies all of them.
+vectors C (zeros). Each step takes a batch of --batch-size consecutive kept tokens
+(whole runs, in order): every token is a centre, its contexts are the tokens its
+radius reaches in the same run (found by shifting the batch, so a context costs no
+extra lookup), and its K noise words stand for the K noise words of each of its
+pairs (their terms weighted by its number of contexts: the expected gradient of
+word2vec's per-pair sampling). Gradients are computed in closed form and applied as
+sparse scatter updates (a sum over the batch, like word2vec's Hogwild threads)
+scaled by the learning rate, which decays linearly with the corpus words processed,
+from --learning-rate to 1e-4 of it, as word2vec does. With several replicas the
+sparse updates are all-gathered so every replica applies all of them.
 
 Output directory (published only when complete):
     vectors.npy, vocab.txt          rows of W and the vocabulary (word<TAB>count)
@@ -65,7 +69,7 @@ class TrainConfig:
     epochs: int = 5
     negatives: int = 5
     learning_rate: float = 0.025
-    batch_size: int = 8192  # (centre, context) pairs per step, over all replicas
+    batch_size: int = 4096  # centre tokens per step, over all replicas
     window: int | None = None  # None: the corpus job's --window
     sample: float | None = None  # None: the corpus job's --sample
     strategy: str = "auto"
@@ -148,45 +152,55 @@ def noise_cdf(counts, power=0.75):
 # ----------------------------------------------------------------------- dataset
 
 
-def skipgram_pairs(ids, row_ids, window, seed):
-    """All (centre, context) pairs of one batch of runs, dynamic window drawn per centre.
+def offsets(window):
+    """Context offsets of a window of radius `window`: -window..-1, 1..window."""
+    return [o for o in range(-window, window + 1) if o]
+
+
+def shift(x, offset):
+    """y[i] = x[i + offset] along axis 0, zeros where i + offset is out of range."""
+    if offset > 0:
+        return tf.concat([x[offset:], tf.zeros_like(x[:offset])], 0)
+    return tf.concat([tf.zeros_like(x[:-offset]), x[:offset]], 0)
+
+
+def context_masks(rows, radius, window):
+    """Which (centre, centre + offset) pairs are skip-gram pairs.
 
     Args:
-      ids: int64 [N], the kept tokens of several runs, concatenated.
-      row_ids: int64 [N], the run each token belongs to (pairs never cross runs).
+      rows: int64 [N], the run each token belongs to (pairs never cross runs; -1 pads).
+      radius: int32 [N], the dynamic window radius drawn for each centre.
       window: maximum radius.
-      seed: stateless seed, shape [2].
 
     Returns:
-      (centres, contexts), int64 [P] each.
+      list of bool [N], one per offset in `offsets(window)`.
     """
-    n = tf.shape(ids)[0]
-    radius = tf.random.stateless_uniform([n], seed, minval=1, maxval=window + 1, dtype=tf.int32)
-    centres, contexts = [], []
-    for d in range(1, window + 1):
-        left_ids, right_ids = ids[:-d], ids[d:]
-        same_run = tf.equal(row_ids[:-d], row_ids[d:])
-        # centre on the left, context d to the right, and the mirror image.
-        fwd = tf.logical_and(same_run, radius[:-d] >= d)
-        bwd = tf.logical_and(same_run, radius[d:] >= d)
-        centres += [tf.boolean_mask(left_ids, fwd), tf.boolean_mask(right_ids, bwd)]
-        contexts += [tf.boolean_mask(right_ids, fwd), tf.boolean_mask(left_ids, bwd)]
-    return tf.concat(centres, 0), tf.concat(contexts, 0)
+    masks = []
+    for o in offsets(window):
+        same_run = tf.equal(shift(rows, o), rows) & (rows >= 0)
+        masks.append(same_run & (abs(o) <= radius))
+    return masks
 
 
 def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
-    """One epoch of training batches.
+    """One epoch of training batches: runs of kept tokens, with their draws.
 
-    Each element is a dict: "centres" [B], "contexts" [B], "negatives" [B, K] (int64)
-    and "words" [] (float32, the corpus words these pairs stand for, before
-    subsampling, for the learning-rate schedule and words/s).
+    Each element is a dict of `batch_size` centre tokens (the last may be shorter):
+      "ids" int64 [N], "rows" int64 [N] (a run id, unique within the epoch),
+      "radius" int32 [N] (dynamic window radius of each centre),
+      "negatives" int64 [N, K] (noise words of each centre), and
+      "words" float32 [] (corpus words these centres stand for, before subsampling,
+      for the learning-rate schedule and words/s).
+    Every centre is paired with each context its radius reaches inside its run; pairs
+    are formed by shifting the batch (so contexts cost no extra lookup), which is why
+    runs are kept whole and in order within a batch.
     """
     window = config.window if config.window is not None else corpus.window
     sample = config.sample if config.sample is not None else corpus.sample
     keep = tf.constant(keep_probabilities(corpus.counts, sample))
     cdf = tf.constant(noise_cdf(corpus.counts))
     batch_size = batch_size or config.batch_size
-    negatives = config.negatives
+    negatives, vocab_size, per_read = config.negatives, len(corpus.vocab), config.records_per_read
     base = np.int64(config.seed) * 1_000_003 + epoch * 7919
 
     files = tf.data.Dataset.from_tensor_slices(corpus.window_files)
@@ -197,35 +211,31 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     records = records.shuffle(4096, seed=int((base + 1) % (2**31)), reshuffle_each_iteration=False)
 
-    def to_pairs(index, serialized):
+    def draw(index, serialized):
         parsed = tf.io.parse_example(serialized, corpus_schema.WINDOWS_FEATURE_SPEC)
         sparse = parsed[corpus_schema.TOKEN_IDS_KEY]
-        ids, row_ids = sparse.values, sparse.indices[:, 0]
+        ids, rows = sparse.values, sparse.indices[:, 0] + index * per_read
         seed = tf.stack([tf.constant(base, tf.int64), index])
         kept = tf.random.stateless_uniform(tf.shape(ids), seed) < tf.gather(keep, ids)
-        ids_kept, rows_kept = tf.boolean_mask(ids, kept), tf.boolean_mask(row_ids, kept)
-        centres, contexts = skipgram_pairs(ids_kept, rows_kept, window, seed + 1)
-        pairs = tf.shape(centres)[0]
-        # Spread the raw word count of this read over its pairs, so any rebatching sums it.
-        words = tf.fill([pairs], tf.cast(tf.shape(ids)[0], tf.float32) / tf.cast(tf.maximum(pairs, 1), tf.float32))
-        return {"centres": centres, "contexts": contexts, "words": words}
+        ids, rows, raw = tf.boolean_mask(ids, kept), tf.boolean_mask(rows, kept), tf.shape(ids)[0]
+        n = tf.shape(ids)[0]
+        radius = tf.random.stateless_uniform([n], seed + 1, minval=1, maxval=window + 1, dtype=tf.int32)
+        u = tf.random.stateless_uniform([n * negatives], seed + 2)
+        noise = tf.minimum(tf.searchsorted(cdf, u, side="right"), vocab_size - 1)
+        # Spread this read's raw word count over its kept tokens, so rebatching sums it.
+        words = tf.fill([n], tf.cast(raw, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32))
+        return {"ids": ids, "rows": rows, "radius": radius,
+                "negatives": tf.reshape(tf.cast(noise, tf.int64), [n, negatives]), "words": words}
 
-    def add_negatives(index, batch):
-        seed = tf.stack([tf.constant(base + 2, tf.int64), index])
-        shape = tf.stack([tf.shape(batch["centres"])[0], negatives])
-        u = tf.random.stateless_uniform(shape, seed)
-        batch["negatives"] = tf.minimum(tf.searchsorted(cdf, tf.reshape(u, [-1]), side="right"),
-                                        len(corpus.vocab) - 1)
-        batch["negatives"] = tf.reshape(tf.cast(batch["negatives"], tf.int64), shape)
+    def total_words(batch):
         batch["words"] = tf.reduce_sum(batch["words"])
         return batch
 
-    pairs = (records.batch(config.records_per_read).enumerate()
-             .map(to_pairs, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-             .rebatch(batch_size)
-             .enumerate()
-             .map(add_negatives, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
-    return pairs.prefetch(tf.data.AUTOTUNE)
+    batches = (records.batch(per_read).enumerate()
+               .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+               .rebatch(batch_size)
+               .map(total_words))
+    return batches.prefetch(tf.data.AUTOTUNE)
 
 
 # ------------------------------------------------------------------------- model
@@ -259,25 +269,44 @@ class SkipGram(tf.Module):
         self.outputs = tf.Variable(tf.zeros([vocab_size, dim]), name="output_vectors",
                                    aggregation=aggregation)
 
-    def gradients(self, centres, contexts, negatives):
-        """Closed-form SGNS gradients.
+    def gradients(self, batch, window):
+        """Closed-form SGNS gradients for a batch of centre tokens.
+
+        Contexts are the batch itself shifted by each offset, so their output vectors
+        come from one lookup. A centre's K noise words stand for the K noise words of
+        each of its pairs: their terms are weighted by the centre's number of contexts,
+        which keeps the expected gradient of word2vec's per-pair sampling.
 
         Returns:
-          (loss summed over pairs, IndexedSlices for inputs, IndexedSlices for outputs).
+          (loss summed over pairs, number of pairs, IndexedSlices for inputs,
+          IndexedSlices for outputs).
         """
-        v = tf.gather(self.inputs, centres)  # [B, d]
-        targets = tf.concat([contexts[:, None], negatives], axis=1)  # [B, 1 + K]
-        u = tf.gather(self.outputs, targets)  # [B, 1 + K, d]
-        logits = tf.einsum("bd,bkd->bk", v, u)
-        labels = tf.concat([tf.ones_like(logits[:, :1]), tf.zeros_like(logits[:, 1:])], axis=1)
-        loss = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels, logits))
-        g = tf.sigmoid(logits) - labels  # d loss / d logits, [B, 1 + K]
-        grad_v = tf.einsum("bk,bkd->bd", g, u)
-        grad_u = g[:, :, None] * v[:, None, :]
+        ids, negs = batch["ids"], batch["negatives"]
+        v = tf.gather(self.inputs, ids)  # [N, d] centre vectors
+        c = tf.gather(self.outputs, ids)  # [N, d] the same tokens as contexts
+        u = tf.gather(self.outputs, negs)  # [N, K, d] noise vectors
+        grad_v, grad_c = tf.zeros_like(v), tf.zeros_like(c)
+        n_ctx = tf.zeros_like(v[:, 0])
+        loss = tf.constant(0.0)
+        for o, mask in zip(offsets(window), context_masks(batch["rows"], batch["radius"], window)):
+            m = tf.cast(mask, tf.float32)
+            context = shift(c, o)
+            logit = tf.reduce_sum(v * context, axis=1)
+            g = (tf.sigmoid(logit) - 1.0) * m  # d loss / d logit of the positive pair
+            loss += tf.reduce_sum(tf.nn.softplus(-logit) * m)
+            grad_v += g[:, None] * context
+            grad_c += shift(g[:, None] * v, -o)
+            n_ctx += m
+        noise_logit = tf.einsum("nd,nkd->nk", v, u)
+        g_noise = tf.sigmoid(noise_logit) * n_ctx[:, None]
+        loss += tf.reduce_sum(tf.nn.softplus(noise_logit) * n_ctx[:, None])
+        grad_v += tf.einsum("nk,nkd->nd", g_noise, u)
+        grad_u = g_noise[:, :, None] * v[:, None, :]
         dim = tf.shape(v)[1]
-        return (loss,
-                tf.IndexedSlices(grad_v, centres),
-                tf.IndexedSlices(tf.reshape(grad_u, [-1, dim]), tf.reshape(targets, [-1])))
+        return (loss, tf.reduce_sum(n_ctx),
+                tf.IndexedSlices(grad_v, ids),
+                tf.IndexedSlices(tf.concat([grad_c, tf.reshape(grad_u, [-1, dim])], 0),
+                                 tf.concat([ids, tf.reshape(negs, [-1])], 0)))
 
 
 def warm_start(model, vocab, directory):
@@ -323,6 +352,7 @@ def train(config):
                  len(corpus.vocab), corpus.total_words, type(strategy).__name__, replicas)
     total_words = _progress_words(config, corpus)
     lr0 = config.learning_rate
+    window = config.window if config.window is not None else corpus.window
 
     with strategy.scope():
         model = SkipGram(len(corpus.vocab), config.dim, config.seed)
@@ -349,7 +379,7 @@ def train(config):
     def replica_step(batch):
         progress = tf.cast(words_done, tf.float32) / total_words
         lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
-        loss, grad_in, grad_out = model.gradients(batch["centres"], batch["contexts"], batch["negatives"])
+        loss, pairs, grad_in, grad_out = model.gradients(batch, window)
         ctx = tf.distribute.get_replica_context()
         words = batch["words"]
         if ctx.num_replicas_in_sync > 1:
@@ -357,12 +387,12 @@ def train(config):
             grad_out = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grad_out)
             words = ctx.all_reduce(tf.distribute.ReduceOp.SUM, words)
             loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
+            pairs = ctx.all_reduce(tf.distribute.ReduceOp.SUM, pairs)
         model.inputs.scatter_sub(tf.IndexedSlices(lr * grad_in.values, grad_in.indices))
         model.outputs.scatter_sub(tf.IndexedSlices(lr * grad_out.values, grad_out.indices))
         words_done.assign_add(tf.cast(words, tf.float64))
         step.assign_add(1)
         batches_in_epoch.assign_add(1)
-        pairs = tf.cast(tf.shape(batch["centres"])[0], tf.float32)
         return loss, lr, pairs
 
     @tf.function
@@ -376,7 +406,7 @@ def train(config):
                 break
             loss, step_lr, pairs = strategy.run(replica_step, args=(batch.get_value(),))
             loss_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
-            pairs_sum += strategy.reduce(tf.distribute.ReduceOp.SUM, pairs, axis=None)
+            pairs_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, pairs, axis=None)
             lr = strategy.reduce(tf.distribute.ReduceOp.MEAN, step_lr, axis=None)
             done += 1
         return loss_sum, pairs_sum, lr, done
@@ -410,7 +440,7 @@ def train(config):
                 break
             pairs = float(pairs)
             pairs_since += pairs
-            loss_sum += float(loss) / max(done, 1) * pairs  # mean loss per pair, weighted
+            loss_sum += float(loss)
             loss_pairs += pairs
             stats["steps"] += done
             stats["pairs"] += pairs
@@ -421,7 +451,7 @@ def train(config):
             if now - last_log >= config.log_every_seconds:
                 words_now = float(words_done.numpy())
                 wps = (words_now - words_at_log) / (now - last_log)
-                mean_loss = loss_sum / max(loss_pairs, 1) / max(config.batch_size, 1)
+                mean_loss = loss_sum / max(loss_pairs, 1)
                 logging.info("train: epoch %d step %d  %.1f%%  loss/pair %.4f  lr %.5f  %.0f words/s  %.0f pairs/s",
                              epoch + 1, current, 100 * words_now / total_words, mean_loss, float(lr), wps,
                              pairs_since / (now - last_log))
@@ -506,7 +536,7 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--negatives", type=int, default=d.negatives)
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per step")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="centre tokens per step")
     parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
     parser.add_argument("--sample", type=float, default=None, help="default: the corpus job's")
     parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
