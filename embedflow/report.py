@@ -1,0 +1,219 @@
+"""The report of one run: report.md and report.html, with PNG plots in report/.
+
+Plots (matplotlib, Agg backend):
+    report/training_loss.png      loss per pair against training progress, from the
+                                  embeddings' info.json (`training.loss_curve`:
+                                  [[step, progress, loss], ...])
+    report/pca.png                the most frequent words projected on the first two
+                                  principal components of their vectors (evaluation/pca.json)
+    report/confusion_matrix.png   copied from the digits stage
+    report/sentiment_learning_curve.png   copied from the sentiment stage
+Tables: stages (ran or reused, fingerprint, seconds), metrics against the promoted
+run's and the gates, analogy sections, nearest neighbours of the probe words.
+Works on gs:// run directories: plots are drawn locally, then written through Beam's
+FileSystems.
+"""
+
+import html
+import io
+import json
+import math
+
+from apache_beam.io.filesystems import FileSystems
+
+from embedflow import artifacts
+
+REPORT_DIR = "report"
+LOSS_PLOT = "training_loss.png"
+PCA_PLOT = "pca.png"
+CONFUSION_PLOT = "confusion_matrix.png"
+SENTIMENT_PLOT = "sentiment_learning_curve.png"
+# (stage directory, file in it) -> name in report/
+COPIED_PLOTS = {("digits", "confusion_matrix.png"): CONFUSION_PLOT,
+                ("sentiment", "learning_curve.png"): SENTIMENT_PLOT}
+PCA_LABELS = 60  # label only the most frequent words: 300 labels would be unreadable
+
+
+def _pyplot():
+    import matplotlib  # pylint: disable=import-outside-toplevel
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    return plt
+
+
+def _save(fig, path):
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    with FileSystems.create(path) as f:
+        f.write(buf.getvalue())
+
+
+def _read_json(path):
+    if not FileSystems.exists(path):
+        return None
+    return json.loads(artifacts.read_text(path))
+
+
+def plot_loss(curve, path):
+    """Loss per pair against progress; returns False when there is no finite point."""
+    points = [(p, loss) for _, p, loss in curve if loss is not None and math.isfinite(loss)]
+    if not points:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([100 * p for p, _ in points], [loss for _, loss in points], marker="o", markersize=3)
+    ax.set_xlabel("training progress (% of corpus words x epochs)")
+    ax.set_ylabel("loss per pair")
+    ax.set_title("skip-gram training loss")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    return True
+
+
+def plot_pca(pca, path):
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    xs = [x for x, _ in pca["xy"]]
+    ys = [y for _, y in pca["xy"]]
+    ax.scatter(xs, ys, s=6, alpha=0.5)
+    for word, x, y in list(zip(pca["words"], xs, ys))[:PCA_LABELS]:
+        ax.annotate(word, (x, y), fontsize=7)
+    ev = pca.get("explained_variance", [0, 0])
+    ax.set_xlabel(f"PC1 ({100 * ev[0]:.1f}% of variance)")
+    ax.set_ylabel(f"PC2 ({100 * ev[1]:.1f}% of variance)")
+    ax.set_title(f"PCA of the {len(xs)} most frequent words (labels: top {min(PCA_LABELS, len(xs))})")
+    _save(fig, path)
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _tables(summary, evaluation, neighbors):
+    """The report's tables as (title, header, rows)."""
+    tables = []
+    rows = []
+    for stage, record in summary["stages"].items():
+        rows.append([stage, record["status"], record.get("from_run", ""), record["fingerprint"][:12],
+                     _fmt(record.get("seconds"), 1)])
+    tables.append(("Stages", ["stage", "status", "reused from", "fingerprint", "seconds"], rows))
+
+    latest = summary.get("latest_metrics") or {}
+    thresholds = {}
+    for g in summary["gates"]:
+        thresholds.setdefault(g["metric"], []).append(g)
+    rows = []
+    for metric, value in sorted(summary["metrics"].items()):
+        gates = thresholds.get(metric, [])
+        gate_text = "; ".join(f"{g['gate']} >= {_fmt(g['threshold'])}: {'pass' if g['passed'] else 'FAIL'}"
+                              for g in gates)
+        rows.append([metric, _fmt(value), _fmt(latest.get(metric)), gate_text])
+    tables.append(("Metrics", ["metric", "this run", "latest", "gates"], rows))
+
+    failed = [g for g in summary["gates"] if not g["passed"]]
+    rows = [[g["gate"], g["metric"], _fmt(g["value"]), _fmt(g["threshold"]), "pass" if g["passed"] else "FAIL",
+             g.get("note", "")] for g in summary["gates"]]
+    if rows:
+        tables.append((f"Gates ({len(failed)} failed)", ["gate", "metric", "value", "threshold", "result",
+                                                          "note"], rows))
+
+    if evaluation and "analogies" in evaluation:
+        rows = [[name, _fmt(s["accuracy"]), f"{s['correct']}/{s['total']}", s["questions"]]
+                for name, s in evaluation["analogies"]["sections"].items()]
+        tables.append(("Analogy sections", ["section", "accuracy", "correct", "questions"], rows))
+    if neighbors:
+        rows = [[word, ", ".join(f"{w} ({s:.2f})" for w, s in near)]
+                for word, near in neighbors.get("neighbors", {}).items()]
+        rows += [[word, "(not in the vocabulary)"] for word in neighbors.get("missing", [])]
+        tables.append(("Nearest neighbours", ["word", "neighbours (cosine)"], rows))
+    return tables
+
+
+def _markdown(title, header, rows):
+    def cell(x):
+        return str(x).replace("|", "\\|")
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(title, header, rows):
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in row) + "</tr>" for row in rows)
+    return f"<h2>{html.escape(title)}</h2>\n<table><tr>{head}</tr>{body}</table>\n"
+
+
+def write_report(run_dir, summary):
+    """Writes report.md, report.html and report/*.png into `run_dir`.
+
+    Args:
+      run_dir: the run directory (local or gs://).
+      summary: dict with run, stages, metrics, gates, promotion, config, latest_metrics.
+
+    Returns:
+      the path of report.md.
+    """
+    plots_dir = artifacts.join(run_dir, REPORT_DIR)
+    if not artifacts.is_remote(plots_dir):
+        import os  # pylint: disable=import-outside-toplevel
+
+        os.makedirs(plots_dir, exist_ok=True)
+    plots, notes = [], []
+
+    train_info = _read_json(artifacts.join(run_dir, "embeddings", "info.json"))
+    curve = (train_info or {}).get("training", {}).get("loss_curve", [])
+    if plot_loss(curve, artifacts.join(plots_dir, LOSS_PLOT)):
+        plots.append(("Training loss", LOSS_PLOT))
+    else:
+        notes.append("Training loss: no finite loss was logged (the trainer logs every 10 seconds; "
+                     "a short training may log none).")
+    evaluation = _read_json(artifacts.join(run_dir, "evaluation", "metrics.json"))
+    neighbors = _read_json(artifacts.join(run_dir, "evaluation", "neighbors.json"))
+    pca = _read_json(artifacts.join(run_dir, "evaluation", "pca.json"))
+    if pca:
+        plot_pca(pca, artifacts.join(plots_dir, PCA_PLOT))
+        plots.append(("Frequent words, 2D PCA", PCA_PLOT))
+    for (stage_dir, name), target in COPIED_PLOTS.items():
+        source = artifacts.join(run_dir, stage_dir, name)
+        if FileSystems.exists(source):
+            FileSystems.copy([source], [artifacts.join(plots_dir, target)])
+            title = "Digit confusion matrix (eval set)" if stage_dir == "digits" else "Sentiment learning curve"
+            plots.append((title, target))
+        else:
+            notes.append(f"{stage_dir}: no {name} (stage skipped or not run)")
+
+    promotion = summary["promotion"]
+    verdict = ("promoted: `latest` names this run" if promotion.get("promoted") else
+               "all gates pass (not promoted by this step)" if promotion.get("passed") else
+               "NOT promoted: a gate failed; `latest` is unchanged")
+    tables = _tables(summary, evaluation, neighbors)
+    title = f"embedflow run {summary['run']}"
+
+    md = [f"# {title}", "", f"**{verdict}** (previous latest: {promotion.get('previous_latest') or 'none'})", ""]
+    for table in tables:
+        md.append(_markdown(*table))
+    for caption, name in plots:
+        md += [f"## {caption}", "", f"![{caption}]({REPORT_DIR}/{name})", ""]
+    md += [f"- {n}" for n in notes]
+    artifacts.write_text(artifacts.join(run_dir, "report.md"), "\n".join(md) + "\n")
+
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "table{border-collapse:collapse;margin-bottom:1em}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
+             f"<p><b>{html.escape(verdict)}</b> (previous latest: "
+             f"{html.escape(promotion.get('previous_latest') or 'none')})</p>"]
+    parts += [_html_table(*table) for table in tables]
+    parts += [f"<h2>{html.escape(c)}</h2><img src='{REPORT_DIR}/{n}' alt='{html.escape(c)}'>" for c, n in plots]
+    parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "",
+              "</body></html>\n"]
+    artifacts.write_text(artifacts.join(run_dir, "report.html"), "\n".join(parts))
+    return artifacts.join(run_dir, "report.md")
