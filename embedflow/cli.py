@@ -18,6 +18,7 @@ COMMANDS = {
     "train": ("trainer.skipgram", "skip-gram with negative sampling on CPU, GPU or TPU (tf.distribute)"),
     "evaluate": ("trainer.evaluate", "analogy accuracy and word-similarity Spearman of trained vectors"),
     "neighbors": ("trainer.evaluate:run_neighbors", "nearest neighbours of words by cosine"),
+    "run": ("embedflow.run", "the whole chain into a versioned run, a report, promotion by quality gates"),
 }
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
