@@ -1,0 +1,205 @@
+"""`embedflow run`: the whole chain on tiny inputs, reuse by fingerprint, --force, gates, config errors."""
+
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from embedflow import cli
+from embedflow import run as chain_run
+from tests import fixtures
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIGITS = os.path.join(REPO, "sample", "digits", "optdigits", "optdigits-orig.tes.gz")
+
+
+def _tiny_config(root):
+    """A config whose whole chain runs in well under a minute."""
+    text = fixtures.write(str(root / "in" / "topics.txt"), fixtures.topic_corpus(sentences=400))
+    analogies = fixtures.write(str(root / "in" / "analogies.txt"),
+                               ": topics\ncat dog red green\nred blue hammer saw\nhammer saw cat cow\n")
+    similarity = fixtures.write(str(root / "in" / "sim.tsv"), "cat\tdog\t9\ncat\thammer\t1\nred\tblue\t8\n")
+    rng = np.random.default_rng(0)
+    animals, tools = fixtures.TOPICS["animals"], fixtures.TOPICS["tools"]
+    fixtures.write(str(root / "in" / "polarity" / "tiny.pos"),
+                   "".join(" ".join(rng.choice(animals + ["the"], 8)) + "\n" for _ in range(150)))
+    fixtures.write(str(root / "in" / "polarity" / "tiny.neg"),
+                   "".join(" ".join(rng.choice(tools + ["the"], 8)) + "\n" for _ in range(150)))
+    config = {
+        "inputs": {"corpus": [text], "corpus_format": "text", "analogies": analogies, "similarity": [similarity],
+                   "digits": [DIGITS], "digits_eval": [], "sentiment": [str(root / "in" / "polarity")]},
+        "corpus": {"min_count": 1, "num_shards": 2},
+        "train": {"dim": 16, "epochs": 1, "batch_size": 512},
+        "evaluate": {"probe_words": ["cat", "hammer", "nosuchword"], "topn": 3, "pca_words": 20},
+        "digits": {"layers": "1024-32-10", "epochs": 2},
+        "sentiment": {"epochs": 2, "hidden": 8, "curve_sizes": "60,120", "compare_scratch": False},
+        "gates": {"min_analogy_accuracy": 0.0, "min_digit_accuracy": 0.5, "min_sentiment_accuracy": 0.0,
+                  "max_regression": 0.05},
+    }
+    path = root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chain")
+    config = _tiny_config(root)
+    out = str(root / "out")
+    started = time.time()
+    manifest = chain_run.run(["--config", config, "--output-root", out])
+    return {"config": config, "out": out, "first": manifest, "first_seconds": time.time() - started}
+
+
+def _latest(out):
+    with open(os.path.join(out, chain_run.LATEST_FILE), encoding="utf-8") as f:
+        return f.read().strip()
+
+
+def _run_dir(out, name):
+    return os.path.join(out, chain_run.RUNS_DIR, name)
+
+
+def test_first_run_computes_every_stage_writes_a_report_and_promotes(chain):
+    m, out = chain["first"], chain["out"]
+    assert m["status"] == "promoted" and _latest(out) == m["run"]
+    run_dir = _run_dir(out, m["run"])
+    expected = ["corpus", "train", "evaluate", "digits"] + (["sentiment"] if chain_run._sentiment_available() else [])
+    assert list(m["stages"]) == expected
+    for stage, record in m["stages"].items():
+        assert record["status"] == "ran"
+        stage_dir = os.path.join(run_dir, chain_run.STAGE_SPECS[stage].directory)
+        assert os.path.exists(os.path.join(stage_dir, "COMPLETED")), stage
+        assert os.path.exists(os.path.join(run_dir, stage + chain_run.STAGE_RECORD_SUFFIX))
+    on_disk = json.load(open(os.path.join(run_dir, "manifest.json"), encoding="utf-8"))
+    assert on_disk["run"] == m["run"] and on_disk["status"] == "promoted"
+    assert on_disk["inputs"]["corpus"]["fingerprint"] and on_disk["inputs"]["corpus"]["files"]
+    assert on_disk["versions"]["tensorflow"] and "commit" in on_disk["git"]
+    assert on_disk["config"]["train"]["dim"] == 16
+    assert 0.5 <= m["metrics"]["digit_accuracy"] <= 1 and "analogy_accuracy" in m["metrics"]
+    assert all(g["passed"] for g in m["gates"])
+    md = open(os.path.join(run_dir, "report.md"), encoding="utf-8").read()
+    assert "promoted" in md and "digit_accuracy" in md and "| cat |" in md and "nosuchword" in md
+    assert os.path.exists(os.path.join(run_dir, "report.html"))
+    for plot in ("pca.png", "confusion_matrix.png"):
+        with open(os.path.join(run_dir, "report", plot), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    evaluation = os.path.join(run_dir, "evaluation")
+    pca = json.load(open(os.path.join(evaluation, "pca.json"), encoding="utf-8"))
+    assert len(pca["words"]) == len(pca["xy"]) == 20
+
+
+def test_second_run_reuses_every_stage_by_fingerprint(chain):
+    out = chain["out"]
+    started = time.time()
+    m = chain_run.run(["--config", chain["config"], "--output-root", out])
+    seconds = time.time() - started
+    assert m["run"] != chain["first"]["run"]
+    assert {r["status"] for r in m["stages"].values()} == {"reused"}
+    assert {r["from_run"] for r in m["stages"].values()} == {chain["first"]["run"]}
+    assert seconds < 20 and seconds < chain["first_seconds"] / 3, (seconds, chain["first_seconds"])
+    # reused stages are copies: the run stands alone, promoted with the same metrics
+    corpus_dir = os.path.join(_run_dir(out, m["run"]), "corpus")
+    assert os.path.isdir(corpus_dir) and not os.path.islink(corpus_dir)
+    assert os.path.exists(os.path.join(corpus_dir, "COMPLETED"))
+    assert m["metrics"] == chain["first"]["metrics"] and _latest(out) == m["run"]
+
+
+def test_force_recomputes_the_selected_stage_and_reuses_the_rest(chain):
+    m = chain_run.run(["--config", chain["config"], "--output-root", chain["out"], "--force",
+                       "--stages", "corpus"])
+    assert m["stages"]["corpus"]["status"] == "ran"
+    assert m["stages"]["train"]["status"] == "reused" and m["stages"]["digits"]["status"] == "reused"
+    assert m["status"] == "complete"
+
+
+def test_failing_gate_leaves_latest_where_it_was(chain):
+    out = chain["out"]
+    before = _latest(out)
+    with pytest.raises(chain_run.GatesFailed, match="min_digit_accuracy"):
+        chain_run.run(["--config", chain["config"], "--output-root", out, "--set", "gates.min_digit_accuracy=1.0"])
+    assert _latest(out) == before
+    runs = sorted(os.listdir(os.path.join(out, chain_run.RUNS_DIR)))
+    gated = json.load(open(os.path.join(_run_dir(out, runs[-1]), "manifest.json"), encoding="utf-8"))
+    assert gated["status"] == "gated" and not gated["promotion"]["promoted"]
+    assert "NOT promoted" in open(os.path.join(_run_dir(out, runs[-1]), "report.md"), encoding="utf-8").read()
+
+
+def test_warm_start_passes_the_earlier_vectors_to_the_trainer(chain):
+    out, first = chain["out"], chain["first"]["run"]
+    m = chain_run.run(["--config", chain["config"], "--output-root", out, "--warm-start-from", first,
+                       "--stages", "corpus,train"])
+    assert m["stages"]["train"]["status"] == "ran"  # a warm start is a different training
+    assert m["status"] == "incomplete" and "evaluate" not in m["stages"]
+    info = json.load(open(os.path.join(_run_dir(out, m["run"]), "embeddings", "info.json"), encoding="utf-8"))
+    assert info["parameters"]["init_from"] == os.path.join(_run_dir(out, first), "embeddings")
+
+
+def test_trainer_init_from_copies_rows_of_shared_words(chain):
+    from trainer import skipgram
+    from trainer.vectors import WordVectors
+
+    embeddings = os.path.join(_run_dir(chain["out"], chain["first"]["run"]), "embeddings")
+    old = WordVectors.load(embeddings)
+    model = skipgram.SkipGram(4, old.dim, seed=3)
+    random_row = model.inputs.numpy()[0].copy()
+    copied = skipgram.warm_start(model, ["brand-new-word", *old.index_to_key[:3]], embeddings)
+    assert copied == 3
+    rows = model.inputs.numpy()
+    np.testing.assert_array_equal(rows[1:], old.vectors[:3])
+    np.testing.assert_array_equal(rows[0], random_row)
+    with pytest.raises(ValueError, match="--dim"):
+        skipgram.warm_start(skipgram.SkipGram(2, old.dim + 1, seed=3), ["cat", "dog"], embeddings)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  dims: 3\n", "unknown key train.dims"),
+    ("train:\n  epochs: 0\n", "train.epochs must be an integer >= 1, got 0"),
+    ("gates:\n  min_digit_accuracy: high\n", "gates.min_digit_accuracy must be a number"),
+    ("trainer:\n  epochs: 1\n", "unknown section 'trainer'"),
+    ("inputs:\n  corpus: []\n", "inputs.corpus must name at least one path"),
+    ("train: [1, 2\n", "not valid YAML"),
+    ("- 1\n", "top level must be a mapping"),
+])
+def test_bad_config_is_an_error_naming_the_key(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    argv = ["--config", str(path), "--output-root", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        chain_run.run(argv)
+    assert cli.run_job("run", chain_run.run, argv) == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out" / "runs")
+
+
+def test_bad_json_config_and_set_are_errors_naming_the_key(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"digits": {"epochs": "many"}}))
+    with pytest.raises(ValueError, match="digits.epochs"):
+        chain_run.load_config(str(path))
+    with pytest.raises(ValueError, match="--set train.dim=-1: train.dim"):
+        chain_run.load_config(None, ["train.dim=-1"])
+    with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+        chain_run.load_config(None, ["epochs=1"])
+    assert chain_run.load_config(None, ["train.epochs=1", "inputs.corpus=a.txt"])["inputs"]["corpus"] == ["a.txt"]
+
+
+def test_missing_input_fails_before_any_work(tmp_path):
+    with pytest.raises(FileNotFoundError, match="inputs.corpus"):
+        chain_run.run(["--output-root", str(tmp_path), "--set", f"inputs.corpus={tmp_path}/none-*.txt"])
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_gates_check_minimums_and_regressions_against_latest():
+    gates = {"min_analogy_accuracy": 0.1, "min_digit_accuracy": 0.9, "min_sentiment_accuracy": None,
+             "max_regression": 0.02}
+    new = {"analogy_accuracy": 0.3, "digit_accuracy": 0.95, "similarity_spearman": 0.5}
+    assert all(g["passed"] for g in chain_run.check_gates(new, gates, None))
+    latest = {"analogy_accuracy": 0.33, "digit_accuracy": 0.96, "similarity_spearman": 0.5}
+    failed = [g for g in chain_run.check_gates(new, gates, latest) if not g["passed"]]
+    assert [(g["gate"], g["metric"]) for g in failed] == [("max_regression", "analogy_accuracy")]
+    missing = chain_run.check_gates({"analogy_accuracy": 0.3}, gates, None)
+    assert [g["metric"] for g in missing if not g["passed"]] == ["digit_accuracy"]
