@@ -49,10 +49,12 @@ import copy
 import dataclasses
 import datetime
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import time
@@ -173,6 +175,15 @@ def _strings(nonempty=False):
     return check
 
 
+def _argv():
+    """Command-line arguments: a list of strings, or one string split like a shell does."""
+    def check(v):
+        if isinstance(v, str):
+            return shlex.split(v), None
+        return _check_list(v)
+    return check
+
+
 def _bool(v):
     if not isinstance(v, bool):
         return None, "must be true or false"
@@ -188,19 +199,19 @@ SCHEMA = {
         "sentiment": _strings(), "sentiment_format": _string(),
     },
     "corpus": {"min_count": _int(1), "max_vocab": _int(1, optional=True), "window": _int(1),
-               "sample": _float(0, 1, high_open=True), "num_shards": _int(0), "args": _strings(),
-               "beam_args": _strings()},
+               "sample": _float(0, 1, high_open=True), "num_shards": _int(0), "args": _argv(),
+               "beam_args": _argv()},
     "train": {"dim": _int(1), "epochs": _int(1), "negatives": _int(1), "learning_rate": _float(1e-12),
               "batch_size": _int(1, optional=True), "seed": _int(0),
               "strategy": _choice("auto", "cpu", "mirrored", "multiworker", "tpu"),
-              "tpu": _string(optional=True), "args": _strings()},
+              "tpu": _string(optional=True), "args": _argv()},
     "evaluate": {"restrict_vocab": _int(1), "probe_words": _strings(), "topn": _int(1), "pca_words": _int(2)},
     "digits": {"layers": _string(), "epochs": _int(1), "batch_size": _int(1), "seed": _int(0),
-               "args": _strings(), "beam_args": _strings()},
+               "args": _argv(), "beam_args": _argv()},
     "sentiment": {"enabled": _bool, "folds": _int(2, optional=True),
                   "eval_fraction": _float(0, 1, optional=True, high_open=True),
                   "epochs": _int(1, optional=True), "hidden": _int(1), "curve_sizes": _string(optional=True),
-                  "compare_scratch": _bool, "seed": _int(0), "args": _strings(), "beam_args": _strings()},
+                  "compare_scratch": _bool, "seed": _int(0), "args": _argv(), "beam_args": _argv()},
     "gates": {"min_analogy_accuracy": _float(0, 1, optional=True),
               "min_digit_accuracy": _float(0, 1, optional=True),
               "min_sentiment_accuracy": _float(0, 1, optional=True),
@@ -415,7 +426,8 @@ class Run:
             "stage": stage,
             "embedflow": _embedflow_version(),
             "layout_version": names.LAYOUT_VERSION,
-            "parameters": self.config.get(stage, {}),
+            # beam_args say where a job runs (DirectRunner, Dataflow), not what it computes
+            "parameters": {k: v for k, v in self.config.get(stage, {}).items() if k != "beam_args"},
             "inputs": {k: self.inputs[k]["fingerprint"] for k in spec.inputs if k in self.inputs},
             "input_format": self.config["inputs"].get(f"{stage}_format"),
             "upstream": {u: self.records[u]["fingerprint"] for u in spec.upstream},
@@ -484,7 +496,7 @@ class Run:
                       "seconds": round(time.time() - started, 2)}
         elif execute:
             logging.info("run: %s: running (fingerprint %s)", stage, fingerprint[:12])
-            getattr(self, "_run_" + stage)(self.stage_dir(stage))
+            self._run_stage_job(stage, self.stage_dir(stage))
             record = {"stage": stage, "fingerprint": fingerprint, "status": "ran",
                       "seconds": round(time.time() - started, 2)}
         else:
@@ -493,46 +505,40 @@ class Run:
         self._write_record(stage, record)
         return record
 
-    def _run_corpus(self, out):
-        from pipelines import corpus  # pylint: disable=import-outside-toplevel
+    def job_argv(self, stage, out):
+        """The job module and the command line that compute `stage` into `out`."""
+        i, params = self.config["inputs"], dict(self.config.get(stage, {}))
+        if stage == "corpus":
+            argv = [a for p in i["corpus"] for a in ("--input", p)]
+            argv += ["--output", out, "--format", i["corpus_format"]]
+            module = "pipelines.corpus"
+        elif stage == "train":
+            argv = ["--corpus", self.stage_dir("corpus"), "--output", out]
+            if self.warm_start:
+                argv += ["--init-from", self.warm_start["embeddings"]]
+            module = "trainer.skipgram"
+        elif stage == "digits":
+            argv = [a for p in i["digits"] for a in ("--input", p)]
+            argv += [a for p in i["digits_eval"] for a in ("--eval-input", p)]
+            argv += ["--format", i["digits_format"], "--output", out]
+            module = "pipelines.digits"
+        elif stage == "sentiment":
+            if params["folds"] is not None:
+                params["eval_fraction"] = None  # the job takes one of --folds and --eval-fraction
+            argv = [a for p in i["sentiment"] for a in ("--input", p)]
+            argv += ["--format", i["sentiment_format"], "--corpus", self.stage_dir("corpus"),
+                     "--embeddings", self.stage_dir("train"), "--output", out]
+            module = "pipelines.sentiment"
+        else:
+            raise ValueError(f"stage {stage} is not a job of its own")
+        return module, argv + _flags(params) + params.get("args", []) + params.get("beam_args", [])
 
-        c, i = self.config["corpus"], self.config["inputs"]
-        argv = [a for p in i["corpus"] for a in ("--input", p)]
-        argv += ["--output", out, "--format", i["corpus_format"], *_flags(c), *c["args"], *c["beam_args"]]
-        corpus.run(argv)
-
-    def _run_train(self, out):
-        from trainer import skipgram  # pylint: disable=import-outside-toplevel
-
-        t = self.config["train"]
-        argv = ["--corpus", self.stage_dir("corpus"), "--output", out, *_flags(t), *t["args"]]
-        if self.warm_start:
-            argv += ["--init-from", self.warm_start["embeddings"]]
-        skipgram.run(argv)
-
-    def _run_evaluate(self, out):
-        run_evaluation(self.stage_dir("train"), out, self.config)
-
-    def _run_digits(self, out):
-        from pipelines import digits  # pylint: disable=import-outside-toplevel
-
-        d, i = self.config["digits"], self.config["inputs"]
-        argv = [a for p in i["digits"] for a in ("--input", p)]
-        argv += [a for p in i["digits_eval"] for a in ("--eval-input", p)]
-        argv += ["--format", i["digits_format"], "--output", out, *_flags(d), *d["args"], *d["beam_args"]]
-        digits.run(argv)
-
-    def _run_sentiment(self, out):
-        from pipelines import sentiment  # pylint: disable=import-outside-toplevel,no-name-in-module
-
-        s, i = dict(self.config["sentiment"]), self.config["inputs"]
-        if s["folds"] is not None:
-            s["eval_fraction"] = None  # the job takes one of --folds and --eval-fraction
-        argv = [a for p in i["sentiment"] for a in ("--input", p)]
-        argv += ["--format", i["sentiment_format"], "--corpus", self.stage_dir("corpus"),
-                 "--embeddings", self.stage_dir("train"), "--output", out,
-                 *_flags(s), *s["args"], *s["beam_args"]]
-        sentiment.run(argv)
+    def _run_stage_job(self, stage, out):
+        if stage == "evaluate":
+            run_evaluation(self.stage_dir("train"), out, self.config)
+            return
+        module, argv = self.job_argv(stage, out)
+        importlib.import_module(module).run(argv)
 
 
 def new_run_name():
@@ -574,7 +580,13 @@ def run_evaluation(embeddings_dir, out_dir, config):
     from trainer import evaluate  # pylint: disable=import-outside-toplevel
 
     e, i = config["evaluate"], config["inputs"]
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
     vectors = evaluate.load_embeddings(embeddings_dir)
+    bad = int((~np.isfinite(vectors.vectors).all(axis=1)).sum())
+    if bad:
+        raise ValueError(f"{embeddings_dir}: {bad} of {len(vectors)} vectors hold NaN or infinite values: "
+                         "the training diverged (try a lower train.learning_rate or train.batch_size)")
     with artifacts.StagedOutput(out_dir) as out:
         metrics = evaluate.evaluate(vectors, i["analogies"], i["similarity"], e["restrict_vocab"])
         neighbors = {w: vectors.most_similar(w, topn=e["topn"]) for w in e["probe_words"] if w in vectors}
