@@ -69,42 +69,54 @@ def test_noise_distribution_is_unigram_to_the_three_quarters():
     np.testing.assert_allclose(np.bincount(drawn, minlength=3) / 200_000, probs, atol=0.005)
 
 
+def _pairs(ids, rows, radius, window):
+    """(centre, context) id pairs that context_masks admits."""
+    pairs = []
+    for o, mask in zip(skipgram.offsets(window), skipgram.context_masks(rows, radius, window)):
+        for i in np.flatnonzero(mask.numpy()):
+            pairs.append((int(ids[i]), int(ids[i + o])))
+    return sorted(pairs)
+
+
 def test_pairs_with_window_one_are_neighbours_within_a_run():
-    ids = tf.constant([10, 11, 12, 20, 21], tf.int64)
+    ids = np.array([10, 11, 12, 20, 21])
     rows = tf.constant([0, 0, 0, 1, 1], tf.int64)
-    centres, contexts = skipgram.skipgram_pairs(ids, rows, 1, tf.constant([3, 4], tf.int64))
-    pairs = sorted(zip(centres.numpy().tolist(), contexts.numpy().tolist()))
-    assert pairs == sorted([(10, 11), (11, 10), (11, 12), (12, 11), (20, 21), (21, 20)])
+    radius = tf.ones([5], tf.int32)
+    assert _pairs(ids, rows, radius, 1) == sorted(
+        [(10, 11), (11, 10), (11, 12), (12, 11), (20, 21), (21, 20)])
 
 
-def test_dynamic_window_keeps_distance_d_with_probability_w_minus_d_plus_1_over_w():
-    n, window = 20000, 4
-    ids = tf.range(n, dtype=tf.int64)
-    centres, contexts = skipgram.skipgram_pairs(ids, tf.zeros([n], tf.int64), window,
-                                                tf.constant([5, 6], tf.int64))
-    distance = np.abs(centres.numpy() - contexts.numpy())
-    for d in range(1, window + 1):
-        share = (distance == d).sum() / (2 * (n - d))
-        assert share == pytest.approx((window - d + 1) / window, abs=0.02)
+def test_radius_limits_each_centre_and_padding_pairs_with_nothing():
+    ids = np.array([1, 2, 3, 4, 9])
+    rows = tf.constant([0, 0, 0, 0, -1], tf.int64)
+    radius = tf.constant([1, 3, 3, 3, 3], tf.int32)
+    # centre 1 reaches only 2; the others reach the whole run; the pad (-1) pairs with nothing.
+    assert _pairs(ids, rows, radius, 3) == sorted(
+        [(1, 2), (2, 1), (2, 3), (2, 4), (3, 1), (3, 2), (3, 4), (4, 1), (4, 2), (4, 3)])
 
 
-def test_one_epoch_of_batches_accounts_for_every_corpus_word(topic_corpus):
+def test_dynamic_window_keeps_distance_d_with_probability_w_minus_d_plus_1_over_w(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=300, negatives=3, sample=0.0)
-    words = 0.0
-    for batch in skipgram.make_dataset(corpus, config, epoch=0):
-        assert batch["negatives"].shape[1] == 3
-        assert batch["negatives"].shape[0] == batch["centres"].shape[0] <= 300
-        words += float(batch["words"])
-    assert words == pytest.approx(corpus.total_words, rel=1e-4)
+    window = 4
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=20000, sample=0.0, window=window)
+    batch = next(iter(skipgram.make_dataset(corpus, config, epoch=0)))
+    masks = skipgram.context_masks(batch["rows"], batch["radius"], window)
+    rows = batch["rows"].numpy()
+    for o, mask in zip(skipgram.offsets(window), masks):
+        same_run = skipgram.shift(batch["rows"], o, fill=-1).numpy() == rows
+        share = mask.numpy().sum() / same_run.sum()
+        assert share == pytest.approx((window - abs(o) + 1) / window, abs=0.03), o
 
 
-def test_epochs_draw_differently_and_reproducibly(topic_corpus):
+def test_batches_keep_runs_whole_and_in_order(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=4096)
-    first = lambda e: next(iter(skipgram.make_dataset(corpus, config, e)))["centres"].numpy()  # noqa: E731
-    assert np.array_equal(first(0), first(0))
-    assert not np.array_equal(first(0), first(1))
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=1000, sample=0.0)
+    batch = next(iter(skipgram.make_dataset(corpus, config, epoch=0)))
+    rows = batch["rows"].numpy()
+    # a run is contiguous: once left, a run id never comes back
+    changes = rows[np.flatnonzero(np.diff(rows)) + 1]
+    assert len(set(changes.tolist())) == len(changes)
+    assert batch["negatives"].shape == (1000, config.negatives)
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -157,11 +157,11 @@ def offsets(window):
     return [o for o in range(-window, window + 1) if o]
 
 
-def shift(x, offset):
-    """y[i] = x[i + offset] along axis 0, zeros where i + offset is out of range."""
+def shift(x, offset, fill=0):
+    """y[i] = x[i + offset] along axis 0, `fill` where i + offset is out of range."""
     if offset > 0:
-        return tf.concat([x[offset:], tf.zeros_like(x[:offset])], 0)
-    return tf.concat([tf.zeros_like(x[:-offset]), x[:offset]], 0)
+        return tf.concat([x[offset:], tf.fill(tf.shape(x[:offset]), tf.cast(fill, x.dtype))], 0)
+    return tf.concat([tf.fill(tf.shape(x[:-offset]), tf.cast(fill, x.dtype)), x[:offset]], 0)
 
 
 def context_masks(rows, radius, window):
@@ -177,7 +177,7 @@ def context_masks(rows, radius, window):
     """
     masks = []
     for o in offsets(window):
-        same_run = tf.equal(shift(rows, o), rows) & (rows >= 0)
+        same_run = tf.equal(shift(rows, o, fill=-1), rows) & (rows >= 0)
         masks.append(same_run & (abs(o) <= radius))
     return masks
 
