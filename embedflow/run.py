@@ -638,6 +638,9 @@ def collect_metrics(run_dir, records):
                 value = value.get("pretrained", value.get("accuracy"))
             if _is_number(value):
                 metrics["sentiment_accuracy"] = float(value)
+            scratch = (m.get("scratch") or {}).get("split_accuracy", {}).get("mean")
+            if _is_number(scratch):  # the same classifier from random embeddings: for the report
+                metrics["sentiment_scratch_accuracy"] = float(scratch)
     return metrics
 
 
