@@ -461,14 +461,20 @@ class Run:
         self.records[stage] = record
         artifacts.write_text(self.record_path(stage), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
-    def _existing_record(self, stage, fingerprint):
-        """This run's own record of `stage` when complete with this fingerprint (a resumed run)."""
+    def _existing_record(self, stage, fingerprint, any_fingerprint=False):
+        """This run's own record of `stage` when the stage is complete (a run built in steps).
+
+        Args:
+          any_fingerprint: accept a record of another fingerprint: a stage not selected is
+            taken as the run holds it (an earlier step may have run it with other flags,
+            such as --warm-start-from).
+        """
         path = self.record_path(stage)
         if not FileSystems.exists(path):
             return None
         record = json.loads(artifacts.read_text(path))
         complete = FileSystems.exists(artifacts.join(self.stage_dir(stage), names.COMPLETED_FILE))
-        return record if complete and record.get("fingerprint") == fingerprint else None
+        return record if complete and (any_fingerprint or record.get("fingerprint") == fingerprint) else None
 
     # ------------------------------------------------------------------- run
 
@@ -482,7 +488,8 @@ class Run:
           the stage record, or None when the stage is not selected and cannot be reused.
         """
         fingerprint = self.fingerprint(stage)
-        own = None if self.force else self._existing_record(stage, fingerprint)
+        own = None if (self.force and execute) else self._existing_record(stage, fingerprint,
+                                                                             any_fingerprint=not execute)
         if own:
             logging.info("run: %s already complete in this run", stage)
             self.records[stage] = own
@@ -501,6 +508,8 @@ class Run:
             self._run_stage_job(stage, self.stage_dir(stage))
             record = {"stage": stage, "fingerprint": fingerprint, "status": "ran",
                       "seconds": round(time.time() - started, 2)}
+            if stage == "train" and self.warm_start:
+                record["warm_start"] = self.warm_start
         else:
             return None  # not selected, not reusable: pending for a later invocation
         record["completed_at"] = artifacts.utc_now()
@@ -741,7 +750,8 @@ def write_manifest(run, status, started_at, metrics=None, gates=None, promotion=
     manifest = {
         "run": run.name, "root": run.root, "status": status, "started_at": started_at,
         "finished_at": artifacts.utc_now(), "config_file": run.config_file, "config": run.config,
-        "inputs": run.inputs, "stages": run.records, "warm_start_from": run.warm_start,
+        "inputs": run.inputs, "stages": run.records,
+        "warm_start_from": run.warm_start if run.warm_start else run.records.get("train", {}).get("warm_start"),
         "metrics": metrics if metrics is not None else {}, "gates": gates if gates is not None else [],
         "promotion": promotion, "git": {"commit": commit, "dirty": dirty},
         "versions": artifacts.library_versions(),

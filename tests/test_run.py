@@ -137,6 +137,16 @@ def test_warm_start_passes_the_earlier_vectors_to_the_trainer(chain):
     info = json.load(open(os.path.join(_run_dir(out, m["run"]), "embeddings", "info.json"), encoding="utf-8"))
     assert info["parameters"]["init_from"] == os.path.join(_run_dir(out, first), "embeddings")
 
+    # The rest of the same run in a later step (as Cloud Build does): the warm-started
+    # training is taken as the run holds it, downstream stages follow from it.
+    rest = chain_run.run(["--config", chain["config"], "--output-root", out, "--run-name", m["run"],
+                          "--stages", "evaluate,digits,sentiment,report,promote",
+                          "--set", "gates.max_regression=null"])
+    assert rest["run"] == m["run"] and rest["status"] == "promoted" and _latest(out) == m["run"]
+    assert rest["stages"]["train"]["status"] == "ran" and rest["stages"]["evaluate"]["status"] == "ran"
+    assert rest["stages"]["digits"]["status"] == "reused"
+    assert rest["warm_start_from"]["run"] == first
+
 
 def test_trainer_init_from_copies_rows_of_shared_words(chain):
     from trainer import skipgram
