@@ -69,7 +69,8 @@ class TrainConfig:
     epochs: int = 5
     negatives: int = 5
     learning_rate: float = 0.025
-    batch_size: int = 4096  # centre tokens per step, over all replicas
+    batch_size: int = 1024  # centre tokens per step, over all replicas (larger batches sum
+    # so many updates of frequent words that training diverges: 4096 does on Wikipedia)
     window: int | None = None  # None: the corpus job's --window
     sample: float | None = None  # None: the corpus job's --sample
     strategy: str = "auto"
