@@ -338,6 +338,26 @@ def warm_start(model, vocab, directory):
 # ------------------------------------------------------------------------ training
 
 
+def is_chief(strategy):
+    """Whether this process writes the outputs (always, but for MultiWorker non-chiefs)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def checkpoint_dir(output, strategy=None):
+    """OUTPUT.checkpoints beside the output; non-chief workers write below it, apart."""
+    base = output.rstrip("/") + ".checkpoints"
+    if strategy is None or is_chief(strategy):
+        return base
+    resolver = strategy.cluster_resolver
+    return artifacts.join(base, f"{resolver.task_type}-{resolver.task_id}")
+
+
 def _progress_words(config, corpus):
     return float(config.epochs) * corpus.total_words
 
@@ -368,7 +388,8 @@ def train(config):
 
     if config.init_from:
         warm_start(model, corpus.vocab, config.init_from)  # a checkpoint, if any, wins below
-    ckpt_dir = config.output.rstrip("/") + ".checkpoints"
+    chief = is_chief(strategy)
+    ckpt_dir = checkpoint_dir(config.output, strategy)
     checkpoint = tf.train.Checkpoint(model=model, words_done=words_done, step=step, epoch=epoch_var,
                                      batches_in_epoch=batches_in_epoch)
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
@@ -476,6 +497,7 @@ def train(config):
     stats["replicas"] = replicas
     writer.flush()
     vectors = WordVectors(corpus.vocab, model.inputs.numpy(), corpus.counts)
+    stats["chief"] = chief
     return vectors, stats, corpus
 
 
@@ -556,15 +578,21 @@ def parse_args(argv):
 
 def run(argv=None):
     config = parse_args(argv)
+    vectors, stats, corpus = train(config)
+    ckpt_dir = checkpoint_dir(config.output)
+    if not stats["chief"]:
+        # Every worker trains the same replicated vectors; the chief alone exports.
+        logging.info("train: worker done; the chief writes %s", config.output)
+        return config.output
     with artifacts.StagedOutput(config.output) as out:
-        vectors, stats, corpus = train(config)
         export(vectors, config.corpus, out.path)
-        ckpt_dir = config.output.rstrip("/") + ".checkpoints"
-        if tf.io.gfile.exists(artifacts.join(ckpt_dir, schema.LOGS_DIR)):
-            for name in tf.io.gfile.listdir(artifacts.join(ckpt_dir, schema.LOGS_DIR)):
-                tf.io.gfile.makedirs(artifacts.join(out.path, schema.LOGS_DIR))
-                tf.io.gfile.copy(artifacts.join(ckpt_dir, schema.LOGS_DIR, name),
-                                 artifacts.join(out.path, schema.LOGS_DIR, name), overwrite=True)
+        logs = artifacts.join(ckpt_dir, schema.LOGS_DIR)
+        if tf.io.gfile.exists(logs):
+            tf.io.gfile.makedirs(artifacts.join(out.path, schema.LOGS_DIR))
+            for name in tf.io.gfile.listdir(logs):
+                if not tf.io.gfile.isdir(artifacts.join(logs, name)):
+                    tf.io.gfile.copy(artifacts.join(logs, name),
+                                     artifacts.join(out.path, schema.LOGS_DIR, name), overwrite=True)
         params = dataclasses.asdict(config)
         params["window"] = config.window if config.window is not None else corpus.window
         params["sample"] = config.sample if config.sample is not None else corpus.sample
@@ -574,10 +602,10 @@ def run(argv=None):
                        "corpus_completed_at": corpus.info.get("completed_at")},
             "parameters": params,
             "vocab_size": len(vectors),
-            "training": {k: v for k, v in stats.items()},
+            "training": dict(stats),
         })
     # The run is complete: checkpoints are no longer needed to resume.
-    artifacts.delete_tree(config.output.rstrip("/") + ".checkpoints")
+    artifacts.delete_tree(ckpt_dir)
     logging.info("train: wrote %s (%.0f words/s)", config.output, stats["words_per_second"])
     return config.output
 
