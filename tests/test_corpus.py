@@ -136,6 +136,15 @@ def test_read_corpus_drops_markup_and_empty_lines_and_replaces_bad_utf8(tmp_path
     assert counters["lines_skipped_empty"] == 2
 
 
+def test_read_corpus_reads_bz2_by_extension(tmp_path):
+    import bz2  # pylint: disable=import-outside-toplevel
+    path = str(tmp_path / "c.txt.bz2")
+    with bz2.open(path, "wb") as f:
+        f.write(b"first line\nsecond line\n")
+    with TestPipeline(runner="FnApiRunner") as p:
+        assert_that(p | corpus.ReadCorpus(files=[path]), equal_to(["first line", "second line"]))
+
+
 def test_read_corpus_text_format_keeps_doc_lines(tmp_path):
     path = fixtures.write(str(tmp_path / "a.txt"), '<doc id="1">\nhello\n</doc>\n')
     with TestPipeline(runner="FnApiRunner") as p:
