@@ -1,8 +1,9 @@
-"""`embedflow run`'s own bookkeeping on gs://, against the GCS emulator of tests/gcs.py.
+"""`embedflow run` on gs://, against the GCS emulator of tests/gcs.py.
 
-Reuse by fingerprint (find + copy), the `latest` object and the report, all through
-Beam's FileSystems. The stage jobs themselves are not run here: TensorFlow's own gs://
-filesystem needs the TLS proxy the full end-to-end chain test would add.
+First its own bookkeeping (reuse by fingerprint, the `latest` object, the report)
+through Beam's FileSystems; then the whole chain with every path on gs://, TensorFlow's
+own gs:// filesystem reaching the emulator through the TLS proxy of tests/gcs_tls.py
+(about 2 minutes: the emulator serves one request at a time).
 """
 
 import json
@@ -50,3 +51,52 @@ def test_reuse_latest_and_report_on_gcs(gcs):  # pylint: disable=redefined-outer
                                   "config": {}, "latest_metrics": None})
     assert "digit_accuracy" in gcs.download(f"root/runs/{new.name}/report.md").decode()
     assert gcs.download(f"root/runs/{new.name}/report/pca.png")[:4] == b"\x89PNG"
+
+
+def test_whole_chain_with_every_path_on_gcs(gcs, tmp_path, monkeypatch):  # pylint: disable=redefined-outer-name
+    """`embedflow run` with inputs, config and output root on gs:// (DirectRunner, local trainer).
+
+    Runs in a subprocess: TensorFlow reads the proxy settings when it first touches gs://.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.gcs_tls import tls_proxy
+    from tests.test_run import _tiny_config
+
+    config = yaml.safe_load(open(_tiny_config(tmp_path), encoding="utf-8"))
+    inputs = config["inputs"]
+
+    def upload(path):
+        if os.path.isdir(path):
+            for name in sorted(os.listdir(path)):
+                gcs.upload_file(os.path.join(path, name), "in/" + os.path.basename(path) + "/" + name)
+            return gcs.url("in/" + os.path.basename(path))
+        return gcs.upload_file(path, "in/" + os.path.basename(path))
+
+    for key in ("corpus", "similarity", "digits", "sentiment"):
+        inputs[key] = [upload(p) for p in inputs[key]]
+    inputs["analogies"] = upload(inputs["analogies"])
+    config_url = gcs.upload("config/tiny.yaml", yaml.safe_dump(config))
+    root = gcs.url("root")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with tls_proxy(gcs.endpoint, monkeypatch) as proxied:
+        done = subprocess.run([sys.executable, "-m", "embedflow.cli", "run", "--config", config_url,
+                               "--output-root", root], cwd=repo, capture_output=True, text=True, timeout=400,
+                              check=False)
+        assert done.returncode == 0, done.stderr[-4000:]
+    name = gcs.download("root/latest").decode().strip()
+    manifest = json.loads(gcs.download(f"root/runs/{name}/manifest.json"))
+    assert manifest["status"] == "promoted" and manifest["config_file"] == config_url
+    assert all(f["path"].startswith("gs://") for f in manifest["inputs"]["corpus"]["files"])
+    objects = gcs.list(f"root/runs/{name}/")
+    for stage in manifest["stages"]:
+        directory = chain_run.STAGE_SPECS[stage].directory
+        assert f"root/runs/{name}/{directory}/COMPLETED" in objects, stage
+    for expected in ("embeddings/vectors.npy", "embeddings/saved_model/saved_model.pb", "corpus/vocab.tsv",
+                     "digits/metrics.json", "report.md", "report.html", "report/pca.png"):
+        assert f"root/runs/{name}/{expected}" in objects, expected
+    assert any("/upload/" in r for r in proxied)  # TensorFlow wrote through the proxy
