@@ -15,6 +15,7 @@ import sys
 COMMANDS = {
     "corpus": ("pipelines.corpus", "text files -> vocabulary + skip-gram windows (Beam + tf.Transform)"),
     "digits": ("pipelines.digits", "32x32 digit images -> examples (Beam) -> MLP such as 1024-512-10"),
+    "sentiment": ("pipelines.sentiment", "labelled text -> corpus token ids (Beam) -> averaged-embedding classifier"),
     "train": ("trainer.skipgram", "skip-gram with negative sampling on CPU, GPU or TPU (tf.distribute)"),
     "evaluate": ("trainer.evaluate", "analogy accuracy and word-similarity Spearman of trained vectors"),
     "neighbors": ("trainer.evaluate:run_neighbors", "nearest neighbours of words by cosine"),

@@ -1,0 +1,350 @@
+"""Sentiment job: readers on tiny files, the Beam job (ids are the corpus transform's), the
+model's pieces, cross-validation, and an end-to-end run on a tiny corpus where pretrained
+embeddings must beat scratch, served from its SavedModel alone."""
+
+import json
+import os
+import shutil
+
+import apache_beam as beam
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from embedflow import artifacts, cli
+from pipelines import corpus as corpus_job
+from pipelines import sentiment as job
+from schemas import artifacts as artifact_names
+from schemas import sentiment as schema
+from tests import fixtures
+from trainer import sentiment as trainer
+from trainer import skipgram
+from trainer.vectors import WordVectors
+
+LABELS = ("neg", "pos")
+# Positive texts talk about animals, negative ones about tools. Training texts use the
+# first four words of each topic and eval texts the last four, so only embeddings that
+# place "cow" near "cat" (learned from the corpus) can get eval texts right.
+POSITIVE, NEGATIVE = fixtures.TOPICS["animals"], fixtures.TOPICS["tools"]
+
+
+@pytest.fixture(scope="module")
+def topic_embeddings(tmp_path_factory):
+    """(corpus dir, embeddings dir) trained on the topic corpus, as in test_trainer."""
+    root = tmp_path_factory.mktemp("sentiment")
+    text = fixtures.write(str(root / "in" / "topics.txt"), fixtures.topic_corpus())
+    corpus_dir = corpus_job.run(["--input", text, "--output", str(root / "corpus"),
+                                 "--min-count", "1", "--num-shards", "2"])
+    embeddings_dir = skipgram.run(["--corpus", corpus_dir, "--output", str(root / "embeddings"),
+                                   "--dim", "32", "--epochs", "3", "--batch-size", "512"])
+    return corpus_dir, embeddings_dir
+
+
+def topic_texts(words_by_label, count, seed):
+    """[(label, text)]: `count` texts a label, 3 to 6 of its words with fillers and noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, words in words_by_label.items():
+        for _ in range(count):
+            tokens = [words[i] for i in rng.integers(len(words), size=rng.integers(3, 7))]
+            tokens.insert(int(rng.integers(len(tokens) + 1)), ["The", "and", "a"][rng.integers(3)])
+            rows.append((label, " ".join(tokens) + rng.choice([".", "!", ",", ""])))
+    return rows
+
+
+def write_tsv(path, rows, header=("label", "text")):
+    lines = (["\t".join(header)] if header else []) + [f"{l}\t{t}" for l, t in rows]
+    return fixtures.write(str(path), "\n".join(lines) + "\n")
+
+
+def expected_ids(corpus_dir, tokens):
+    """Ids of already-tokenized words looked up by hand in vocab.tsv (OOV: vocab_size)."""
+    vocab = {t: i for i, (t, _) in enumerate(fixtures.read_vocab(corpus_dir))}
+    return [vocab.get(t, len(vocab)) for t in tokens]
+
+
+class Skips(list):
+    def __call__(self, reason):
+        self.append(reason)
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def test_polarity_reader_is_latin1_one_text_a_line():
+    skips = Skips()
+    # 0x85 is an ellipsis in Windows-1252; Latin-1 makes it U+0085, which str.splitlines
+    # would wrongly take for a line end.
+    data = b"caf\xe9 au lait , good\r\nbad \x85 movie\n   \n"
+    assert list(job.read_polarity(data, "latin-1", skips)) == ["caf\xe9 au lait , good",
+                                                               "bad \x85 movie"]
+    assert skips == ["empty"]
+
+
+def test_table_reader_finds_named_columns_and_counts_skips():
+    skips = Skips()
+    data = ("text\tlabel\n"
+            "a \"quoted\" fine film\tPOS\n"  # TSV has no quoting: the quotes are text
+            "dull\t0\n"
+            "meh\tmaybe\n"  # unknown label
+            "\tpos\n"  # empty text
+            "lonely cell\n").encode("utf-8") + b"bad \xff byte\tpos\n"
+    rows = list(job.read_table(data, delimiter="\t", label_column="label", text_column="text",
+                               labels=LABELS, encoding="utf-8", name="x.tsv", skip=skips))
+    assert rows == [(1, 'a "quoted" fine film'), (0, "dull")]
+    assert sorted(skips) == ["empty", "malformed", "undecodable", "unknown_label"]
+
+
+@pytest.mark.parametrize("first_row, expected", [
+    ("sentiment,review\n", [(1, "great, really"), (0, "bad")]),  # header: label cell no label
+    ("", [(1, "great, really"), (0, "bad")]),
+    ("neg,first row is data\n", [(0, "first row is data"), (1, "great, really"), (0, "bad")]),
+])
+def test_csv_reader_with_index_columns_detects_a_header(first_row, expected):
+    data = (first_row + 'pos,"great, really"\nneg,bad\n').encode("utf-8")
+    rows = list(job.read_table(data, delimiter=",", label_column="0", text_column="1",
+                               labels=LABELS, encoding="utf-8", name="x.csv", skip=Skips()))
+    assert rows == expected
+
+
+def test_table_reader_names_the_file_when_a_named_column_is_missing():
+    with pytest.raises(ValueError, match=r"x\.tsv: its first row has no text column 'review'"):
+        list(job.read_table(b"label\ttext\npos\tgood\n", delimiter="\t", label_column="label",
+                            text_column="review", labels=LABELS, encoding="utf-8", name="x.tsv",
+                            skip=Skips()))
+
+
+def test_label_cells_name_a_class_or_give_its_index():
+    assert [job.label_index(c, LABELS) for c in ("neg", " POS ", "1", "0", "2", "good", "")] \
+        == [0, 1, 1, 0, None, None, None]
+
+
+def test_sources_of_each_format_and_their_errors(tmp_path):
+    fixtures.write(str(tmp_path / "pol" / "rt-polarity.pos"), b"good\n")
+    fixtures.write(str(tmp_path / "pol" / "rt-polarity.neg"), b"bad\n")
+    fixtures.write(str(tmp_path / "pol" / "README"), b"not read\n")
+    sources, _ = job.list_sources([str(tmp_path / "pol")], "polarity", schema.TRAIN, "--input", LABELS)
+    assert [(os.path.basename(s.path), s.label) for s in sources] == [
+        ("rt-polarity.neg", "neg"), ("rt-polarity.pos", "pos")]
+    with pytest.raises(ValueError, match="must end in .pos or .neg"):
+        job.list_sources([str(tmp_path / "pol" / "README")], "polarity", schema.TRAIN, "--input", LABELS)
+    with pytest.raises(ValueError, match="label 'neg' is not one of --labels bad,good"):
+        job.list_sources([str(tmp_path / "pol")], "polarity", schema.TRAIN, "--input", ("bad", "good"))
+
+    fixtures.write(str(tmp_path / "docs" / "pos" / "1.txt"), b"lovely\n")
+    fixtures.write(str(tmp_path / "docs" / "Neg" / "2.txt"), b"awful\n")
+    sources, _ = job.list_sources([str(tmp_path / "docs")], "folders", schema.EVAL, "--eval-input", LABELS)
+    assert [(s.split, s.label) for s in sources] == [(schema.EVAL, "neg"), (schema.EVAL, "pos")]
+    fixtures.write(str(tmp_path / "docs" / "unsup" / "3.txt"), b"?\n")
+    with pytest.raises(ValueError, match="subfolder 'unsup' is not one of --labels"):
+        job.list_sources([str(tmp_path / "docs")], "folders", schema.TRAIN, "--input", LABELS)
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        job.list_sources([str(tmp_path / "none*.tsv")], "tsv", schema.TRAIN, "--input", LABELS)
+
+
+def test_bundled_polarity_sample_reads_every_sentence():
+    sample = os.path.join(os.path.dirname(os.path.dirname(__file__)), "sample", "sentiment",
+                          "rt-polarity")
+    sources, _ = job.list_sources([sample], "polarity", schema.TRAIN, "--input", LABELS)
+    skips = Skips()
+    rows = [r for s in sources for r in job.read_source(
+        s, labels=LABELS, encoding="latin-1", label_column="label", text_column="text", skip=skips)]
+    assert len(rows) == 10662 and sum(label for label, _ in rows) == 5331 and not skips
+
+
+# --------------------------------------------------------------------------- Beam job
+
+
+def test_beam_job_ids_are_the_corpus_transform_ids(tmp_path, topic_embeddings):
+    corpus_dir, _ = topic_embeddings
+    write_tsv(tmp_path / "in" / "a.tsv", [("pos", "The CAT, sat-on ZEBRA!"), ("neg", "hammer... axe"),
+                                          ("neg", " ?! "), ("meh", "cow")])
+    fixtures.write(str(tmp_path / "in" / "b.csv"), "text,label\nred and blue,1\n")
+    fixtures.write(str(tmp_path / "docs" / "pos" / "x.txt"), "Horse\nand\ngoat\n")
+    fixtures.write(str(tmp_path / "docs" / "neg" / "y.txt"), b"drill \xff\n")
+    sources = (job.list_sources([str(tmp_path / "in" / "a.tsv")], "tsv", schema.TRAIN, "--input", LABELS)[0]
+               + job.list_sources([str(tmp_path / "in" / "b.csv")], "csv", schema.TRAIN, "--input", LABELS)[0]
+               + job.list_sources([str(tmp_path / "docs")], "folders", schema.EVAL, "--eval-input", LABELS)[0])
+    args, _ = job.parse_args(["--input", "unused", "--format", "tsv", "--corpus", corpus_dir,
+                              "--embeddings", "unused", "--output", str(tmp_path / "unused"),
+                              "--eval-input", "unused", "--num-shards", "1"])
+    examples_dir = str(tmp_path / "examples")
+    with TestPipeline(runner="FnApiRunner") as p:
+        tokenized = (p
+                     | "Read" >> job.ReadLabelledText(sources=sources, labels=LABELS)
+                     | "Tokenize" >> job.TokenizeText(corpus_dir=corpus_dir))
+        assert_that(tokenized | beam.MapTuple(lambda split, label, ids, key: (split, label, ids.tolist(), key)),
+                    equal_to([
+                        ("train", 1, expected_ids(corpus_dir, ["the", "cat", "sat", "on", "zebra"]),
+                         job.text_hash("The CAT, sat-on ZEBRA!")),
+                        ("train", 0, expected_ids(corpus_dir, ["hammer", "axe"]), job.text_hash("hammer... axe")),
+                        ("train", 1, expected_ids(corpus_dir, ["red", "and", "blue"]),
+                         job.text_hash("red and blue")),
+                        ("eval", 1, expected_ids(corpus_dir, ["horse", "and", "goat"]),
+                         job.text_hash("Horse\nand\ngoat")),
+                    ]), label="CheckIds")
+        job.build(p, args, sources, examples_dir)
+    counts = job.counters(p.result)
+    # Every counter counts twice: the check and the job read the same sources.
+    assert counts["skipped_no_tokens"] == 2 and counts["skipped_unknown_label"] == 2
+    assert counts["skipped_undecodable"] == 2
+    assert counts["examples_train"] == 6 and counts["examples_eval"] == 2
+    assert counts["oov_tokens"] == 2 * 3 and counts["tokens"] == 2 * 13  # sat, on, zebra
+
+    train = trainer.load_examples(job.example_files(examples_dir, schema.TRAIN))
+    got = sorted(zip(train.labels.tolist(), [i.tolist() for i in train.ids], train.keys.tolist()))
+    assert got == sorted([(1, expected_ids(corpus_dir, ["the", "cat", "sat", "on", "zebra"]),
+                           job.text_hash("The CAT, sat-on ZEBRA!")),
+                          (0, expected_ids(corpus_dir, ["hammer", "axe"]), job.text_hash("hammer... axe")),
+                          (1, expected_ids(corpus_dir, ["red", "and", "blue"]), job.text_hash("red and blue"))])
+    assert len(trainer.load_examples(job.example_files(examples_dir, schema.EVAL))) == 1
+
+
+# ------------------------------------------------------------------------ model pieces
+
+
+def test_token_mean_ignores_padding_and_oov():
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    config = trainer.SentimentConfig(fine_tune=False)
+    model = trainer.build_model(config, vocab_size=4, dim=3, num_classes=2, vectors=vectors)
+    mean = keras.Model(model.input, model.get_layer("token_mean").output)
+    ids = np.array([[1, 3, 4, -1], [4, -1, -1, -1], [2, 2, 0, -1]], np.int64)  # 4 is OOV
+    np.testing.assert_allclose(mean(ids, training=False),
+                               [(vectors[1] + vectors[3]) / 2, np.zeros(3), (2 * vectors[2] + vectors[0]) / 3])
+    assert trainer.trainable_params(model) == 3 * 64 + 64 + 64 + 1  # the table is frozen
+    with pytest.raises(ValueError, match="--hidden must be >= 1"):
+        trainer.SentimentConfig(hidden=0)
+
+
+def test_lazy_adam_moves_only_the_rows_a_batch_holds():
+    table = np.random.default_rng(0).normal(size=(6, 2)).astype(np.float32)
+
+    def step_twice(optimizer):
+        variable = tf.Variable(table)
+        for rows in ([0, 1], [1, 2]):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.gather(variable, rows) ** 2)
+            optimizer.apply_gradients([(tape.gradient(loss, variable), variable)])
+            yield variable.numpy().copy()
+
+    lazy_first, lazy_second = step_twice(trainer.LazyAdam(0.1))
+    dense_first, dense_second = step_twice(keras.optimizers.Adam(0.1))
+    np.testing.assert_allclose(lazy_first, dense_first, rtol=1e-6)  # no history yet: the same
+    assert (lazy_first[0] != table[0]).all() and (lazy_first[3:] == table[3:]).all()
+    # Row 0 is not in the second batch: Adam keeps moving it on its momentum, LazyAdam not.
+    np.testing.assert_array_equal(lazy_second[0], lazy_first[0])
+    assert (dense_second[0] != dense_first[0]).all()
+    np.testing.assert_array_equal(lazy_second[3:], table[3:])
+
+
+def test_folds_validation_and_curve_subsets_are_deterministic_hashes():
+    keys = np.array([job.text_hash(f"text {i}") for i in range(300)] + [job.text_hash("text 0")])
+    examples = trainer.Examples([np.array([i % 7]) for i in range(301)], np.arange(301) % 2, keys)
+    pool, splits, _ = trainer.make_splits(examples, None, 3, None)
+    tested = np.concatenate([test for _, _, test in splits])
+    assert sorted(tested.tolist()) == list(range(301))  # every example tested once
+    assert 300 in splits[keys[0] % 3][2] and 0 in splits[keys[0] % 3][2]  # same text, same fold
+    assert all(70 < len(test) < 130 for _, _, test in splits)
+    fit_at, validation_at = trainer.split_validation(examples, 0.1)
+    assert 15 < len(validation_at) < 45 and not set(fit_at) & set(validation_at)
+    order = trainer.curve_order(keys)
+    assert order.tolist() == trainer.curve_order(keys.copy()).tolist()
+    assert sorted(order.tolist()) == list(range(301))
+    with pytest.raises(ValueError, match="--folds 400: .* would be empty"):
+        trainer.make_splits(examples, None, 400, None)
+
+
+# ---------------------------------------------------------------------- whole runs
+
+
+def _run_cli(argv):
+    return cli.run_job("sentiment", job.run, argv)
+
+
+def test_inputs_are_checked_before_any_work(tmp_path, topic_embeddings, capsys):
+    corpus_dir, embeddings_dir = topic_embeddings
+    train = write_tsv(tmp_path / "train.tsv", [("pos", "cat")])
+    base = ["--input", train, "--format", "tsv", "--output", str(tmp_path / "out")]
+    other = str(tmp_path / "other")
+    shutil.copytree(embeddings_dir, other)
+    vectors = WordVectors.load(other)
+    WordVectors(vectors.index_to_key[::-1], vectors.vectors, vectors.counts).save(other)
+    assert _run_cli(base + ["--corpus", corpus_dir, "--embeddings", other]) == 2
+    assert "were not trained on --corpus" in capsys.readouterr().err
+    assert _run_cli(base + ["--corpus", str(tmp_path / "nope"), "--embeddings", embeddings_dir]) == 2
+    assert f"--corpus {tmp_path / 'nope'} does not exist: run `embedflow corpus" in capsys.readouterr().err
+    assert _run_cli(base + ["--corpus", corpus_dir, "--embeddings", embeddings_dir,
+                            "--eval-input", write_tsv(tmp_path / "eval.tsv", [("meh", "cat")])]) == 2
+    assert "the eval split is empty" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["eval.tsv", "other", "train.tsv"]
+
+
+def test_cross_validation_tests_every_example_once(tmp_path, topic_embeddings):
+    corpus_dir, embeddings_dir = topic_embeddings
+    vocab = {t: i for i, (t, _) in enumerate(fixtures.read_vocab(corpus_dir))}
+    rows = topic_texts({1: POSITIVE, 0: NEGATIVE}, 45, seed=3)
+    examples = trainer.Examples(
+        [np.array(expected_ids(corpus_dir, text.rstrip(".!,").lower().split())) for _, text in rows],
+        np.array([label for label, _ in rows]), np.array([job.text_hash(t) for _, t in rows]))
+    config = trainer.SentimentConfig(epochs=10, batch_size=16, seed=2)
+    report = trainer.train(config, examples=examples, eval_examples=None, folds=2, eval_fraction=None,
+                           vectors=trainer.load_vectors(embeddings_dir, len(vocab)),
+                           corpus_dir=corpus_dir, labels=LABELS, compare_scratch=False,
+                           curve_sizes=(12,), output_dir=str(tmp_path))
+    metrics = json.load(open(tmp_path / schema.METRICS_FILE, encoding="utf-8"))
+    assert metrics["examples"] == 90 and np.sum(metrics["pretrained"]["confusion_matrix"]) == 90
+    assert len(metrics["pretrained"]["split_accuracy"]["values"]) == 2
+    assert metrics["accuracy"] == pytest.approx(np.mean(metrics["pretrained"]["split_accuracy"]["values"]))
+    assert metrics["accuracy"] >= 0.9 and report["accuracy"] == metrics["accuracy"]
+    assert metrics["learning_curve"]["size_names"] == ["12", "all"]
+    assert metrics["learning_curve"]["sizes"][1] == pytest.approx(45, abs=10)
+    assert metrics["scratch"] is None and metrics["exported_model"]["trained_on"] == "every example"
+    for plot in (schema.SIZE_CURVE_PLOT, schema.TRAINING_CURVES_PLOT, schema.CONFUSION_MATRIX_PLOT):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_end_to_end_pretrained_beats_scratch_then_serve_from_saved_model_alone(
+        tmp_path, topic_embeddings, capsys):
+    corpus_dir, embeddings_dir = (str(tmp_path / "corpus"), str(tmp_path / "embeddings"))
+    shutil.copytree(topic_embeddings[0], corpus_dir)
+    shutil.copytree(topic_embeddings[1], embeddings_dir)
+    labelled = lambda rows: [(LABELS[label], text) for label, text in rows]  # noqa: E731
+    train = write_tsv(tmp_path / "in" / "train.tsv", labelled(
+        topic_texts({1: POSITIVE[:4], 0: NEGATIVE[:4]}, 100, seed=1)))
+    eval_rows = labelled(topic_texts({1: POSITIVE[4:], 0: NEGATIVE[4:]}, 40, seed=2))
+    evaluate = write_tsv(tmp_path / "in" / "eval.tsv", eval_rows)
+    out = str(tmp_path / "out")
+    job.run(["--input", train, "--eval-input", evaluate, "--format", "tsv", "--corpus", corpus_dir,
+             "--embeddings", embeddings_dir, "--output", out, "--compare-scratch", "--curve-sizes",
+             "none", "--hidden", "16", "--epochs", "12", "--batch-size", "16", "--seed", "1"])
+    printed = capsys.readouterr().out
+    assert "sentiment: eval: scratch embeddings, 200 training examples" in printed
+
+    info = json.load(open(os.path.join(out, artifact_names.INFO_FILE), encoding="utf-8"))
+    assert info["counts"]["examples_train"] == 200 and info["counts"]["examples_eval"] == 80
+    metrics = json.load(open(os.path.join(out, schema.METRICS_FILE), encoding="utf-8"))
+    # Eval texts use only words no training text holds: random embeddings know nothing of
+    # them, the pretrained ones put them beside the training words of their topic.
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["scratch"]["accuracy"] <= 0.75
+    assert metrics["pretrained_minus_scratch"] >= 0.2
+    assert metrics["learning_curve"]["size_names"] == ["all"]
+    assert info["model"]["learning_curve"]["scratch"]["all"] == metrics["scratch"]["accuracy"]
+
+    for path in (corpus_dir, embeddings_dir, os.path.join(out, schema.EXAMPLES_DIR)):
+        shutil.rmtree(path)
+    model = tf.saved_model.load(os.path.join(out, schema.MODEL_DIR))
+    serve = model.signatures["serving_default"]
+    result = serve(tf.constant([text for _, text in eval_rows]))
+    served = np.mean(result[schema.SERVING_CLASSES].numpy().astype(str) == [l for l, _ in eval_rows])
+    assert served == pytest.approx(metrics["accuracy"])  # the same model, tokenized the same
+    result = serve(tf.constant(["THE COW and the Sheep!", "chisel, PLIERS", "zebra unicorn", ""]))
+    probabilities = result[schema.SERVING_PROBABILITIES].numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    assert result[schema.SERVING_CLASSES].numpy().astype(str)[:2].tolist() == ["pos", "neg"]
+    assert result[schema.SERVING_CLASS_IDS].numpy()[:2].tolist() == [1, 0]
+    # Unknown words and no words both average to zeros: the same answer.
+    np.testing.assert_allclose(probabilities[2], probabilities[3], rtol=1e-6)
