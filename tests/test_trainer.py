@@ -257,3 +257,25 @@ def test_similarity_reads_wordsim_format_and_reports_coverage(tmp_path):
 def test_evaluate_refuses_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="--analogies .*nope.txt does not exist"):
         evaluate.read_analogies(str(tmp_path / "nope.txt"))
+
+
+MIRRORED_SCRIPT = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from trainer import skipgram
+skipgram.run(sys.argv[1:])
+"""
+
+
+def test_mirrored_strategy_over_two_replicas(tmp_path, topic_corpus):
+    """MirroredStrategy on two logical CPU devices: replicas sum their updates."""
+    out = str(tmp_path / "emb")
+    subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, "--corpus", topic_corpus, "--output", out,
+                    "--strategy", "mirrored", "--dim", "32", "--epochs", "3", "--batch-size", "512"],
+                   cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True, capture_output=True)
+    info = artifacts.read_info(out)
+    assert info["training"]["replicas"] == 2
+    assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    assert _topic_precision(WordVectors.load(out)) >= 0.9

@@ -67,7 +67,8 @@ class TrainConfig:
     output: str
     dim: int = 100
     epochs: int = 5
-    negatives: int = 5
+    negatives: int = 5  # noise words per (centre, context) pair, as word2vec's -negative
+    noise_per_centre: int | None = None  # noise words drawn per centre; None: 2 x negatives
     learning_rate: float = 0.025
     batch_size: int = 1024  # centre tokens per step, over all replicas (larger batches sum
     # so many updates of frequent words that training diverges: 4096 does on Wikipedia)
@@ -87,6 +88,8 @@ class TrainConfig:
             (self.dim >= 1, f"--dim must be >= 1, got {self.dim}"),
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.negatives >= 1, f"--negatives must be >= 1, got {self.negatives}"),
+            (self.noise_per_centre is None or self.noise_per_centre >= 1,
+             f"--noise-per-centre must be >= 1, got {self.noise_per_centre}"),
             (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.window is None or self.window >= 1, f"--window must be >= 1, got {self.window}"),
@@ -153,6 +156,11 @@ def noise_cdf(counts, power=0.75):
 # ----------------------------------------------------------------------- dataset
 
 
+def noise_count(config):
+    """Noise words drawn per centre token."""
+    return config.noise_per_centre if config.noise_per_centre is not None else 2 * config.negatives
+
+
 def offsets(window):
     """Context offsets of a window of radius `window`: -window..-1, 1..window."""
     return [o for o in range(-window, window + 1) if o]
@@ -189,7 +197,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
     Each element is a dict of `batch_size` centre tokens (the last may be shorter):
       "ids" int64 [N], "rows" int64 [N] (a run id, unique within the epoch),
       "radius" int32 [N] (dynamic window radius of each centre),
-      "negatives" int64 [N, K] (noise words of each centre), and
+      "negatives" int64 [N, M] (M = noise_count(config) noise words of each centre), and
       "words" float32 [] (corpus words these centres stand for, before subsampling,
       for the learning-rate schedule and words/s).
     Every centre is paired with each context its radius reaches inside its run; pairs
@@ -201,7 +209,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
     keep = tf.constant(keep_probabilities(corpus.counts, sample))
     cdf = tf.constant(noise_cdf(corpus.counts))
     batch_size = batch_size or config.batch_size
-    negatives, vocab_size, per_read = config.negatives, len(corpus.vocab), config.records_per_read
+    negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), config.records_per_read
     base = np.int64(config.seed) * 1_000_003 + epoch * 7919
 
     files = tf.data.Dataset.from_tensor_slices(corpus.window_files)
@@ -253,7 +261,9 @@ def choose_strategy(name, tpu=None):
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy()
+        # All GPUs; without GPUs, every logical CPU device (one unless configured).
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in devices])
     if name == "auto" and len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy("/gpu:0")
     return tf.distribute.get_strategy()
@@ -270,7 +280,7 @@ class SkipGram(tf.Module):
         self.outputs = tf.Variable(tf.zeros([vocab_size, dim]), name="output_vectors",
                                    aggregation=aggregation)
 
-    def gradients(self, batch, window):
+    def gradients(self, batch, window, negatives):
         """Closed-form SGNS gradients for a batch of centre tokens.
 
         Contexts are the batch itself shifted by each offset, so their output vectors
@@ -299,8 +309,10 @@ class SkipGram(tf.Module):
             grad_c += shift(g[:, None] * v, -o)
             n_ctx += m
         noise_logit = tf.einsum("nd,nkd->nk", v, u)
-        g_noise = tf.sigmoid(noise_logit) * n_ctx[:, None]
-        loss += tf.reduce_sum(tf.nn.softplus(noise_logit) * n_ctx[:, None])
+        # Each of the M drawn noise words stands for negatives / M of every pair's draws.
+        weight = n_ctx[:, None] * (negatives / tf.cast(tf.shape(negs)[1], tf.float32))
+        g_noise = tf.sigmoid(noise_logit) * weight
+        loss += tf.reduce_sum(tf.nn.softplus(noise_logit) * weight)
         grad_v += tf.einsum("nk,nkd->nd", g_noise, u)
         grad_u = g_noise[:, :, None] * v[:, None, :]
         dim = tf.shape(v)[1]
@@ -401,17 +413,23 @@ def train(config):
     def replica_step(batch):
         progress = tf.cast(words_done, tf.float32) / total_words
         lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
-        loss, pairs, grad_in, grad_out = model.gradients(batch, window)
+        loss, pairs, grad_in, grad_out = model.gradients(batch, window, float(config.negatives))
         ctx = tf.distribute.get_replica_context()
         words = batch["words"]
         if ctx.num_replicas_in_sync > 1:
-            grad_in = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grad_in)
-            grad_out = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grad_out)
-            words = ctx.all_reduce(tf.distribute.ReduceOp.SUM, words)
-            loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, loss)
-            pairs = ctx.all_reduce(tf.distribute.ReduceOp.SUM, pairs)
-        model.inputs.scatter_sub(tf.IndexedSlices(lr * grad_in.values, grad_in.indices))
-        model.outputs.scatter_sub(tf.IndexedSlices(lr * grad_out.values, grad_out.indices))
+            # All-reduce of IndexedSlices fails in TF 2.21's collective ops ("destinations
+            # can not be empty"), so replicas sum dense gradients: vocab x dim floats a
+            # step. An all-gather of the sparse rows would move less over a network.
+            vocab_size = tf.shape(model.inputs)[0]
+            dense_in = tf.math.unsorted_segment_sum(grad_in.values, grad_in.indices, vocab_size)
+            dense_out = tf.math.unsorted_segment_sum(grad_out.values, grad_out.indices, vocab_size)
+            dense_in, dense_out, words, loss, pairs = ctx.all_reduce(
+                tf.distribute.ReduceOp.SUM, [dense_in, dense_out, words, loss, pairs])
+            model.inputs.assign_sub(lr * dense_in)
+            model.outputs.assign_sub(lr * dense_out)
+        else:
+            model.inputs.scatter_sub(tf.IndexedSlices(lr * grad_in.values, grad_in.indices))
+            model.outputs.scatter_sub(tf.IndexedSlices(lr * grad_out.values, grad_out.indices))
         words_done.assign_add(tf.cast(words, tf.float64))
         step.assign_add(1)
         batches_in_epoch.assign_add(1)
@@ -557,7 +575,9 @@ def parse_args(argv):
     d = TrainConfig("", "")
     parser.add_argument("--dim", type=int, default=d.dim)
     parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--negatives", type=int, default=d.negatives)
+    parser.add_argument("--negatives", type=int, default=d.negatives, help="noise words per pair (default 5)")
+    parser.add_argument("--noise-per-centre", type=int, default=None,
+                        help="noise words drawn per centre token, shared by its pairs (default 2 x --negatives)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="centre tokens per step")
     parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
