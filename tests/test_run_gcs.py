@@ -71,10 +71,10 @@ def test_whole_chain_with_every_path_on_gcs(gcs, tmp_path, monkeypatch):  # pyli
     inputs = config["inputs"]
 
     def upload(path):
-        if os.path.isdir(path):
+        if os.path.isdir(path):  # a glob: object stores have no folders to name
             for name in sorted(os.listdir(path)):
                 gcs.upload_file(os.path.join(path, name), "in/" + os.path.basename(path) + "/" + name)
-            return gcs.url("in/" + os.path.basename(path))
+            return gcs.url("in/" + os.path.basename(path) + "/*")
         return gcs.upload_file(path, "in/" + os.path.basename(path))
 
     for key in ("corpus", "similarity", "digits", "sentiment"):
