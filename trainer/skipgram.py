@@ -68,7 +68,7 @@ class TrainConfig:
     dim: int = 100
     epochs: int = 5
     negatives: int = 5  # noise words per (centre, context) pair, as word2vec's -negative
-    noise_per_centre: int | None = None  # noise words drawn per centre; None: 2 x negatives
+    noise_per_centre: int | None = None  # noise words drawn per centre; None: 3 x negatives
     learning_rate: float = 0.025
     batch_size: int = 1024  # centre tokens per step, over all replicas (larger batches sum
     # so many updates of frequent words that training diverges: 4096 does on Wikipedia)
@@ -158,7 +158,7 @@ def noise_cdf(counts, power=0.75):
 
 def noise_count(config):
     """Noise words drawn per centre token."""
-    return config.noise_per_centre if config.noise_per_centre is not None else 2 * config.negatives
+    return config.noise_per_centre if config.noise_per_centre is not None else 3 * config.negatives
 
 
 def offsets(window):
@@ -577,7 +577,7 @@ def parse_args(argv):
     parser.add_argument("--epochs", type=int, default=d.epochs)
     parser.add_argument("--negatives", type=int, default=d.negatives, help="noise words per pair (default 5)")
     parser.add_argument("--noise-per-centre", type=int, default=None,
-                        help="noise words drawn per centre token, shared by its pairs (default 2 x --negatives)")
+                        help="noise words drawn per centre token, shared by its pairs (default 3 x --negatives)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     parser.add_argument("--batch-size", type=int, default=d.batch_size, help="centre tokens per step")
     parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
