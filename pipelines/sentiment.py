@@ -143,17 +143,19 @@ def parse_args(argv):
     parser.add_argument("--curve-sizes", default="100,300,1000,3000",
                         help="training-set sizes of the learning curve, comma-separated; the full "
                              "set is always added; 'none' skips the curve (default 100,300,1000,3000)")
+    parser.add_argument("--raw-vectors", dest="normalize", action="store_false", default=None,
+                        help="use the trained vectors as they are, not scaled to unit length")
     parser.add_argument("--hidden", type=int, default=64, help="units of the hidden layer (default 64)")
     parser.add_argument("--hidden-layers", type=int, default=1,
                         help="number of hidden layers of --hidden units (default 1)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="dropout before each dense layer while training (default 0.5)")
     parser.add_argument("--word-dropout", type=float, default=None,
-                        help="share of tokens dropped from each text while training (default 0.3)")
+                        help="share of tokens dropped from each text while training (default 0.5)")
     parser.add_argument("--epochs", type=int, default=None, help="most epochs (default 40)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 32)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default 64)")
     parser.add_argument("--learning-rate", type=float, default=None,
-                        help="Adam learning rate (default 1e-3)")
+                        help="Adam learning rate (default 2e-3)")
     parser.add_argument("--patience", type=int, default=None,
                         help="stop after this many epochs without a lower validation loss (default 4)")
     parser.add_argument("--validation-fraction", type=float, default=None,

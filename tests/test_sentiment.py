@@ -155,6 +155,24 @@ def test_bundled_polarity_sample_reads_every_sentence():
     assert len(rows) == 10662 and sum(label for label, _ in rows) == 5331 and not skips
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--folds", "1"], "--folds must be >= 2, got 1"),
+    (["--encoding", "utf-16"], "--encoding utf-16: only encodings that write line ends"),
+    (["--encoding", "klingon"], "--encoding 'klingon' is not a codec"),
+    (["--labels", "pos,POS"], "--labels 'pos,POS': a class name appears twice"),
+    (["--labels", "pos"], "--labels 'pos': give at least two class names"),
+    (["--curve-sizes", "100,x"], "--curve-sizes '100,x': expected sizes"),
+    (["--word-dropout", "1"], "--word-dropout must be in \\[0, 1\\), got 1.0"),
+])
+def test_bad_flags_fail_before_work(tmp_path, flags, message):
+    argv = ["--input", "x.tsv", "--format", "tsv", "--corpus", "c", "--embeddings", "e",
+            "--output", str(tmp_path / "out"), *flags]
+    with pytest.raises(ValueError, match=message):
+        args, _ = job.parse_args(argv)
+        trainer.config_from_args(args)
+    assert os.listdir(tmp_path) == []
+
+
 # --------------------------------------------------------------------------- Beam job
 
 

@@ -4,8 +4,9 @@ Reads the examples of the sentiment job (`pipelines/sentiment.py` documents the
 directory). The model (`build_model`):
 
     token ids [batch, tokens]  (corpus ids; -1 pads; the corpus OOV id, vocab_size, is unknown)
-      -> embedding [vocab_size, dim], initialised from the trained vectors (or at random
-         for the scratch baseline); frozen or fine-tuned
+      -> embedding [vocab_size, dim], initialised from the trained vectors scaled to unit
+         length (`normalize`; skip-gram makes frequent words the longest) or at random for
+         the scratch baseline; frozen or fine-tuned
       -> the mean over the tokens that are neither padding nor OOV (a text without one
          averages to zeros); while training, each token is dropped with probability
          `word_dropout` first (the "word dropout" of Iyyer et al.'s deep averaging network)
@@ -55,10 +56,10 @@ class SentimentConfig:
     hidden_layers: int = 1
     fine_tune: bool = True  # train the pretrained embeddings too
     dropout: float = 0.5  # before every dense layer, while training
-    word_dropout: float = 0.3  # share of tokens dropped from each text, while training
+    word_dropout: float = 0.5  # share of tokens dropped from each text, while training
     epochs: int = 40
-    batch_size: int = 32
-    learning_rate: float = 1e-3
+    batch_size: int = 64
+    learning_rate: float = 2e-3
     patience: int = 4  # stop after this many epochs without a lower validation loss
     validation_fraction: float = 0.1
     normalize: bool = True  # scale every pretrained vector to unit length first
