@@ -158,6 +158,9 @@ def parse_args(argv):
                         help="Adam learning rate (default 2e-3)")
     parser.add_argument("--patience", type=int, default=None,
                         help="stop after this many epochs without a lower validation loss (default 4)")
+    parser.add_argument("--min-epoch-batches", type=int, default=None,
+                        help="an epoch is a pass over the training set or this many batches, "
+                             "whichever is more (default 50)")
     parser.add_argument("--validation-fraction", type=float, default=None,
                         help="share of each training set kept aside for early stopping (default 0.1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, dropout and shuffling")

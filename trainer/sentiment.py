@@ -21,7 +21,8 @@ whole vocabulary does, and a row no training text holds keeps its pretrained val
 
 Training: Adam on cross-entropy; `validation_fraction` of every training set (chosen by
 a sha256 of the example key, so nothing else is drawn) is kept aside for early stopping
-on its loss, the best epoch's weights kept. Evaluation units (`splits`): K folds (fold
+on its loss, the best epoch's weights kept. An epoch is a pass over the training set or
+`min_epoch_batches` batches, whichever is more. Evaluation units (`splits`): K folds (fold
 = key mod K), or one held-out set. A learning curve trains again on the first n
 examples of each training fold, ordered by another sha256 of the key (so the subsets
 are nested and the same for pretrained and scratch), for every n of `curve_sizes`
@@ -61,6 +62,7 @@ class SentimentConfig:
     batch_size: int = 64
     learning_rate: float = 2e-3
     patience: int = 4  # stop after this many epochs without a lower validation loss
+    min_epoch_batches: int = 50  # an epoch is a pass over the training set or this many batches
     validation_fraction: float = 0.1
     normalize: bool = True  # scale every pretrained vector to unit length first
     seed: int = 0
@@ -76,6 +78,8 @@ class SentimentConfig:
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
+            (self.min_epoch_batches >= 1,
+             f"--min-epoch-batches must be >= 1, got {self.min_epoch_batches}"),
             (0 < self.validation_fraction < 1,
              f"--validation-fraction must be in (0, 1), got {self.validation_fraction}"),
         ]
@@ -145,13 +149,14 @@ def concat_examples(a, b):
                     np.concatenate([a.keys, b.keys]))
 
 
-def make_dataset(examples, *, batch_size, shuffle_seed=None):
+def make_dataset(examples, *, batch_size, shuffle_seed=None, repeat=False):
     """Examples -> batches of (int64 ids [batch, longest], int64 labels [batch]), -1 padding.
 
     Args:
       examples: Examples.
       batch_size: examples per batch.
-      shuffle_seed: shuffle all examples with this seed, again every epoch; None keeps order.
+      shuffle_seed: shuffle all examples with this seed, again every pass; None keeps order.
+      repeat: pass over the examples again and again (the caller counts the batches).
     """
     if not len(examples):
         raise ValueError("make_dataset: no examples")
@@ -160,6 +165,8 @@ def make_dataset(examples, *, batch_size, shuffle_seed=None):
     dataset = tf.data.Dataset.from_tensor_slices((ids, examples.labels.astype(np.int64)))
     if shuffle_seed is not None:
         dataset = dataset.shuffle(len(examples), seed=shuffle_seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
     return (dataset.ragged_batch(batch_size)
             .map(lambda ids, labels: (ids.to_tensor(default_value=-1), labels))
             .prefetch(tf.data.AUTOTUNE))
@@ -352,11 +359,16 @@ def fit(config, examples, *, vectors, pretrained, num_classes, seed_parts=()):
     model = build_model(dataclasses.replace(config, seed=seed % 100_000), vocab_size=vectors.shape[0],
                         dim=vectors.shape[1], num_classes=num_classes, vectors=initial)
     fit_at, validation_at = split_validation(examples, config.validation_fraction)
-    train_data = make_dataset(examples.take(fit_at), batch_size=config.batch_size, shuffle_seed=seed)
+    train_data = make_dataset(examples.take(fit_at), batch_size=config.batch_size, shuffle_seed=seed,
+                              repeat=True)
+    # A few hundred examples make an epoch of a few batches: patience counted in such
+    # epochs would stop training before it learned anything.
+    batches = max(-(-len(fit_at) // config.batch_size), config.min_epoch_batches)
     validation_data = make_dataset(examples.take(validation_at), batch_size=1024)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                             restore_best_weights=True)
     history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
+                        steps_per_epoch=batches,
                         callbacks=[stopper], shuffle=False, verbose=0)  # shuffled above
     history = {k: [float(v) for v in values] for k, values in history.history.items()}
     return model, history, int(stopper.best_epoch), len(fit_at), len(validation_at)
