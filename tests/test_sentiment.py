@@ -307,7 +307,7 @@ def test_cross_validation_tests_every_example_once(tmp_path, topic_embeddings):
     examples = trainer.Examples(
         [np.array(expected_ids(corpus_dir, text.rstrip(".!,").lower().split())) for _, text in rows],
         np.array([label for label, _ in rows]), np.array([job.text_hash(t) for _, t in rows]))
-    config = trainer.SentimentConfig(epochs=10, batch_size=16, seed=2)
+    config = trainer.SentimentConfig(epochs=10, batch_size=16, min_epoch_batches=4, seed=2)
     report = trainer.train(config, examples=examples, eval_examples=None, folds=2, eval_fraction=None,
                            vectors=trainer.load_vectors(embeddings_dir, len(vocab)),
                            corpus_dir=corpus_dir, labels=LABELS, compare_scratch=False,
@@ -337,7 +337,8 @@ def test_end_to_end_pretrained_beats_scratch_then_serve_from_saved_model_alone(
     out = str(tmp_path / "out")
     job.run(["--input", train, "--eval-input", evaluate, "--format", "tsv", "--corpus", corpus_dir,
              "--embeddings", embeddings_dir, "--output", out, "--compare-scratch", "--curve-sizes",
-             "none", "--hidden", "16", "--epochs", "12", "--batch-size", "16", "--seed", "1"])
+             "none", "--hidden", "16", "--epochs", "12", "--batch-size", "16", "--min-epoch-batches", "1",
+             "--seed", "1"])
     printed = capsys.readouterr().out
     assert "sentiment: eval: scratch embeddings, 200 training examples" in printed
 
