@@ -116,7 +116,37 @@ def test_batches_keep_runs_whole_and_in_order(topic_corpus):
     # a run is contiguous: once left, a run id never comes back
     changes = rows[np.flatnonzero(np.diff(rows)) + 1]
     assert len(set(changes.tolist())) == len(changes)
-    assert batch["negatives"].shape == (1000, config.negatives)
+    assert batch["negatives"].shape == (1000, skipgram.noise_count(config)) == (1000, 3 * config.negatives)
+
+
+def test_one_epoch_of_batches_accounts_for_every_corpus_word(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=300, negatives=3, sample=0.0)
+    words = tokens = 0.0
+    for batch in skipgram.make_dataset(corpus, config, epoch=0):
+        assert batch["negatives"].shape[0] == batch["ids"].shape[0] <= 300
+        words += float(batch["words"])
+        tokens += batch["ids"].shape[0]
+    assert tokens == corpus.total_words  # no subsampling: every token is a centre once
+    assert words == pytest.approx(corpus.total_words, rel=1e-4)
+
+
+def test_subsampling_drops_frequent_words_more(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=10**6, sample=1e-2)
+    ids = next(iter(skipgram.make_dataset(corpus, config, epoch=0)))["ids"].numpy()
+    kept = np.bincount(ids, minlength=len(corpus.vocab)) / corpus.counts
+    expected = skipgram.keep_probabilities(corpus.counts, 1e-2)
+    np.testing.assert_allclose(kept, expected, atol=0.05)
+    assert kept[0] < 0.6  # the most frequent word loses a good share
+
+
+def test_epochs_draw_differently_and_reproducibly(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=4096)
+    first = lambda e: next(iter(skipgram.make_dataset(corpus, config, e)))["ids"].numpy()  # noqa: E731
+    assert np.array_equal(first(0), first(0))
+    assert not np.array_equal(first(0), first(1))
 
 
 @pytest.mark.parametrize("flag, value, message", [
