@@ -309,3 +309,38 @@ def test_mirrored_strategy_over_two_replicas(tmp_path, topic_corpus):
     assert info["training"]["replicas"] == 2
     assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
     assert _topic_precision(WordVectors.load(out)) >= 0.9
+
+
+def _free_port():
+    import socket  # pylint: disable=import-outside-toplevel
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
+    """MultiWorkerMirroredStrategy: two processes on localhost, configured by TF_CONFIG."""
+    import json  # pylint: disable=import-outside-toplevel
+    out = str(tmp_path / "emb")
+    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    argv = [sys.executable, "-m", "trainer.skipgram", "--corpus", topic_corpus, "--output", out,
+            "--strategy", "multiworker", "--dim", "32", "--epochs", "3", "--batch-size", "512"]
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=json.dumps(
+            {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
+        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    try:
+        logs = [p.communicate(timeout=300)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert "the chief writes" in logs[1]
+    info = artifacts.read_info(out)
+    assert info["training"]["replicas"] == 2
+    # Each worker read half the shards; the all-reduced count is one pass over the corpus.
+    assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    assert _topic_precision(WordVectors.load(out)) >= 0.9
+    assert not os.path.exists(out + ".checkpoints")

@@ -410,12 +410,25 @@ def train(config):
         logging.info("train: resumed from %s (epoch %d, step %d)", manager.latest_checkpoint,
                      int(epoch_var.numpy()), int(step.numpy()))
 
+    # With one device per worker (MultiWorkerMirroredStrategy on CPU) the values handed
+    # to the cross-worker all-reduce must carry a device, or TF 2.21 refuses them
+    # ("destinations can not be empty"): pin the step to the worker's device.
+    step_device = None
+    if replicas > 1 and len(strategy.extended.worker_devices) == 1:
+        step_device = strategy.extended.worker_devices[0]
+
     def replica_step(batch):
+        if step_device is None:
+            return _replica_step(batch)
+        with tf.device(step_device):
+            return _replica_step(batch)
+
+    def _replica_step(batch):
         progress = tf.cast(words_done, tf.float32) / total_words
         lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
         loss, pairs, grad_in, grad_out = model.gradients(batch, window, float(config.negatives))
         ctx = tf.distribute.get_replica_context()
-        words = batch["words"]
+        words = tf.identity(batch["words"])  # placed on the step device (see step_device)
         if ctx.num_replicas_in_sync > 1:
             # All-reduce of IndexedSlices fails in TF 2.21's collective ops ("destinations
             # can not be empty"), so replicas sum dense gradients: vocab x dim floats a
