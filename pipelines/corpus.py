@@ -51,7 +51,6 @@ import os
 import time
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -59,6 +58,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 from apache_beam.transforms import window as beam_window
 
 from embedflow import artifacts
+from pipelines import files
 from schemas import corpus as schema
 
 NAMESPACE = "embedflow.corpus"
@@ -621,12 +621,7 @@ def pipeline_options(beam_args, job_name):
 
 
 def _counters(result):
-    totals = {}
-    for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == NAMESPACE:
-            value = c.committed if c.committed is not None else c.attempted
-            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (value or 0)
-    return totals
+    return files.counter_totals(result, NAMESPACE)
 
 
 def _windows_bytes(windows_dir):

@@ -61,7 +61,6 @@ Output directory (published only when complete, see `embedflow.artifacts`):
 """
 
 import argparse
-import gzip
 import hashlib
 import logging
 import os
@@ -77,13 +76,14 @@ from apache_beam.io.filesystems import FileSystems
 
 from embedflow import artifacts
 from pipelines.corpus import pipeline_options
+from pipelines import files
+from pipelines.files import open_binary
 from schemas import digits as schema
 
 NAMESPACE = "embedflow.digits"
 FORMATS = ("optdigits", "mnist", "png")
 SKIP_REASONS = ("wrong_size", "truncated", "label_out_of_range", "unreadable")
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _IDX_UBYTE = 0x08
 _BITMAP_ROW = re.compile(rb"[01]+")
 _LABEL_LINE = re.compile(rb"-?[0-9]{1,3}")
@@ -159,35 +159,6 @@ class Source(typing.NamedTuple):
     label: typing.Optional[int] = None  # PNG only: from the subfolder name
 
 
-def open_binary(path):
-    """Opens `path` for reading bytes, gunzipping when its content starts with gzip's magic."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        gzipped = f.read(2) == _GZIP_MAGIC
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-
-
-def _is_dir(path):
-    if artifacts.is_remote(path):
-        return path.endswith("/")
-    return os.path.isdir(path)
-
-
-def _match(pattern, flag):
-    """A glob (or a folder: its files) -> sorted FileMetadata of files; none is an error."""
-    if _is_dir(pattern):
-        pattern = artifacts.join(pattern.rstrip("/"), "*")
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # Beam raises BeamIOError for missing local paths
-        raise FileNotFoundError(f"{flag} {pattern}: cannot list it ({e})") from e
-    files = [m for m in matched if not m.path.endswith("/") and not _is_dir(m.path)
-             and not os.path.basename(m.path).startswith(".")]
-    if not files:
-        raise FileNotFoundError(f"{flag} {pattern} matches no file: check the path or glob")
-    return sorted(files, key=lambda m: m.path)
-
-
 def list_sources(patterns, fmt, split, flag):
     """Expands one flag's paths into Sources, checking what can be checked before work starts.
 
@@ -215,7 +186,7 @@ def list_sources(patterns, fmt, split, flag):
         return sources, metadata
     metadata = {}
     for pattern in patterns:
-        metadata.update((m.path, m) for m in _match(pattern, flag))
+        metadata.update((m.path, m) for m in files.match_files(pattern, flag))
     metadata = [metadata[p] for p in sorted(metadata)]
     paths = [m.path for m in metadata]
     if fmt == "optdigits":
@@ -225,7 +196,7 @@ def list_sources(patterns, fmt, split, flag):
 
 def _list_png_folder(folder, flag):
     """A folder of label subfolders -> [(FileMetadata, label)] of its .png files."""
-    if not _is_dir(folder):
+    if not files.is_dir(folder):
         raise ValueError(f"{flag} {folder}: with --format png, give a folder holding one "
                          f"subfolder of .png files per label (0 ... {schema.NUM_CLASSES - 1})")
     pattern = artifacts.join(folder.rstrip("/"), "*", "*")
@@ -610,12 +581,7 @@ def build(pipeline, args, sources, examples_dir):
 
 
 def _counters(result):
-    totals = {}
-    for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == NAMESPACE:
-            value = c.committed if c.committed is not None else c.attempted
-            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (value or 0)
-    return totals
+    return files.counter_totals(result, NAMESPACE)
 
 
 def _check_splits(counts, args):

@@ -69,7 +69,6 @@ Output directory (published only when complete, see `embedflow.artifacts`):
 
 import argparse
 import csv
-import gzip
 import hashlib
 import io
 import logging
@@ -84,6 +83,8 @@ from apache_beam.io.filesystems import FileSystems
 from embedflow import artifacts
 from pipelines.corpus import PRODUCER as CORPUS_PRODUCER
 from pipelines.corpus import pipeline_options
+from pipelines import files
+from pipelines.files import open_binary
 from schemas import corpus as corpus_schema
 from schemas import embeddings as embeddings_schema
 from schemas import sentiment as schema
@@ -94,7 +95,6 @@ SKIP_REASONS = ("undecodable", "empty", "no_tokens", "unknown_label", "malformed
 EMBEDDINGS_PRODUCER = "embedflow train --corpus DIR --output DIR"
 POLARITY_SUFFIXES = ("pos", "neg")
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _TOKENIZE_BATCH = 256  # texts per call of the transform graph
 
 
@@ -232,39 +232,6 @@ class Source(typing.NamedTuple):
     label: typing.Optional[str] = None  # polarity and folders: from the name
 
 
-def open_binary(path):
-    """Opens `path` for reading bytes, gunzipping when its content starts with gzip's magic."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        gzipped = f.read(2) == _GZIP_MAGIC
-    raw = FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-    return gzip.GzipFile(fileobj=raw, mode="rb") if gzipped else raw
-
-
-def _is_dir(path):
-    if artifacts.is_remote(path):
-        return path.endswith("/")
-    return os.path.isdir(path)
-
-
-def _visible(path):
-    return not os.path.basename(path.rstrip("/")).startswith(".")
-
-
-def _match(pattern, flag):
-    """A glob (or a folder: its files) -> sorted FileMetadata of files; none is an error."""
-    if _is_dir(pattern):
-        pattern = artifacts.join(pattern.rstrip("/"), "*")
-    try:
-        matched = FileSystems.match([pattern])[0].metadata_list
-    except Exception as e:  # Beam raises BeamIOError for missing local paths
-        raise FileNotFoundError(f"{flag} {pattern}: cannot list it ({e})") from e
-    files = [m for m in matched
-             if not m.path.endswith("/") and not _is_dir(m.path) and _visible(m.path)]
-    if not files:
-        raise FileNotFoundError(f"{flag} {pattern} matches no file: check the path or glob")
-    return sorted(files, key=lambda m: m.path)
-
-
 def polarity_label(path):
     """The label of a sentence polarity file from its suffix ('pos' or 'neg'), or None."""
     name = os.path.basename(path)
@@ -305,11 +272,11 @@ def list_sources(patterns, fmt, split, flag, labels):
         return sources, metadata
     found = {}
     for pattern in patterns:
-        if fmt == "polarity" and _is_dir(pattern):
+        if fmt == "polarity" and files.is_dir(pattern):
             matched = [m for suffix in POLARITY_SUFFIXES
-                       for m in _match(artifacts.join(pattern.rstrip("/"), f"*.{suffix}"), flag)]
+                       for m in files.match_files(artifacts.join(pattern.rstrip("/"), f"*.{suffix}"), flag)]
         else:
-            matched = _match(pattern, flag)
+            matched = files.match_files(pattern, flag)
         found.update((m.path, m) for m in matched)
     metadata = [found[p] for p in sorted(found)]
     sources = []
@@ -329,7 +296,7 @@ def list_sources(patterns, fmt, split, flag, labels):
 
 def _list_label_folders(folder, flag, labels):
     """A folder of label subfolders -> [(FileMetadata, label)] of the files inside them."""
-    if not _is_dir(folder):
+    if not files.is_dir(folder):
         raise ValueError(f"{flag} {folder}: with --format folders, give a folder holding one "
                          f"subfolder per label ({', '.join(labels)}) of text files")
     by_name = {name.lower(): name for name in labels}
@@ -337,7 +304,7 @@ def _list_label_folders(folder, flag, labels):
     found = []
     for m in FileSystems.match([pattern])[0].metadata_list:
         label_dir = os.path.basename(os.path.dirname(m.path))
-        if not _visible(label_dir) or not _visible(m.path) or _is_dir(m.path):
+        if not files.is_visible(label_dir) or not files.is_visible(m.path) or files.is_dir(m.path):
             continue
         if label_dir.lower() not in by_name:
             raise ValueError(f"{flag} {folder}: subfolder {label_dir!r} is not one of --labels "
@@ -682,12 +649,7 @@ def build(pipeline, args, sources, examples_dir):
 
 def counters(result):
     """The job's counter totals of a finished pipeline."""
-    totals = {}
-    for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == NAMESPACE:
-            value = c.committed if c.committed is not None else c.attempted
-            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (value or 0)
-    return totals
+    return files.counter_totals(result, NAMESPACE)
 
 
 def _check_splits(counts, args):
