@@ -32,6 +32,8 @@ setuptools.setup(
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["embedflow", "embedflow.*", "pipelines", "pipelines.*",
                                                "trainer", "trainer.*", "schemas", "schemas.*"]),
+    # The trainer's fused CPU kernel is C++ source, compiled on first use (trainer/kernels).
+    package_data={"trainer.kernels": ["*.cc"]},
     install_requires=REQUIRED,
     extras_require={"test": TEST},
     entry_points={"console_scripts": ["embedflow=embedflow.cli:main"]},

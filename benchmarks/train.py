@@ -59,6 +59,9 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--kernels", default="fused",
+                        help="comma-separated --kernel values of embedflow train to measure, one row each "
+                             "(fused, tf)")
     parser.add_argument("--skip-gensim", action="store_true")
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="embedflow-bench-train-")
@@ -72,25 +75,31 @@ def main(argv=None):
 
     from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
 
-    emb_dir = os.path.join(work, "embeddings")
-    cmd = [sys.executable, "-m", "trainer.skipgram", "--corpus", corpus_dir, "--output", emb_dir,
-           "--epochs", str(args.epochs), "--dim", str(args.dim)]
-    if args.batch_size:
-        cmd += ["--batch-size", str(args.batch_size)]
-    wall, peak = run_measured(cmd, os.path.join(work, "train.log"))
-    with open(os.path.join(emb_dir, "info.json"), encoding="utf-8") as f:
-        training = json.load(f)["training"]
-    ours = WordVectors.load(emb_dir)
-    rows = [["embedflow", args.epochs, f"{training['seconds']:.0f}", f"{training['words_per_second']:,.0f}"]
-            + [f"{x:.3f}" for x in _evaluate(ours, args.data)[:3]] + [f"{peak / 2**30:.2f}"]]
+    rows = []
+    for kernel in args.kernels.split(","):
+        emb_dir = os.path.join(work, f"embeddings-{kernel}")
+        cmd = [sys.executable, "-m", "trainer.skipgram", "--corpus", corpus_dir, "--output", emb_dir,
+               "--epochs", str(args.epochs), "--dim", str(args.dim), "--kernel", kernel]
+        if args.batch_size:
+            cmd += ["--batch-size", str(args.batch_size)]
+        _, peak = run_measured(cmd, os.path.join(work, f"train-{kernel}.log"))
+        with open(os.path.join(emb_dir, "info.json"), encoding="utf-8") as f:
+            training = json.load(f)["training"]
+        ours = WordVectors.load(emb_dir)
+        rows.append([f"embedflow ({training['kernel']} kernel)", args.epochs, f"{training['seconds']:.0f}",
+                     f"{training['words_per_second']:,.0f}"]
+                    + [f"{x:.3f}" for x in _evaluate(ours, args.data)[:3]] + [f"{peak / 2**30:.2f}"])
+        rows[-1].append(training["words_per_second"])
     if not args.skip_gensim:
         files = sorted(os.path.join(args.data, "corpus", "enwiki-AA", f)
                        for f in os.listdir(os.path.join(args.data, "corpus", "enwiki-AA")))
         theirs, seconds, wps = train_gensim(files, args)
+        for row in rows:
+            row[-1] = f"{row[-1] / wps:.2f}"
         rows.append(["gensim", args.epochs, f"{seconds:.0f}", f"{wps:,.0f}"]
-                    + [f"{x:.3f}" for x in _evaluate(theirs, args.data)[:3]] + ["-"])
-        rows[0].append(f"{training['words_per_second'] / wps:.2f}")
-        rows[1].append("1.00")
+                    + [f"{x:.3f}" for x in _evaluate(theirs, args.data)[:3]] + ["-", "1.00"])
+    else:
+        rows = [row[:-1] for row in rows]
     print(f"skip-gram on enwiki-AA, dim {args.dim}, window 5, negative 5, sample 1e-3, min_count 5, "
           f"{os.cpu_count()} cores, CPU")
     headers = ["system", "epochs", "train s", "words/s", "analogy acc", "analogy coverage",

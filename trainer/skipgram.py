@@ -56,7 +56,10 @@ from schemas import embeddings as schema
 
 PRODUCER = "embedflow train --corpus DIR --output DIR"
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
+KERNELS = ("auto", "fused", "tf")
+DEFAULT_BATCH = {"fused": 16384, "tf": 1024}  # centre tokens per step, by kernel
 _MIN_LR_RATIO = 1e-4
+_LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many
 
 
 @dataclasses.dataclass
@@ -70,8 +73,11 @@ class TrainConfig:
     negatives: int = 5  # noise words per (centre, context) pair, as word2vec's -negative
     noise_per_centre: int | None = None  # noise words drawn per centre; None: 3 x negatives
     learning_rate: float = 0.025
-    batch_size: int = 1024  # centre tokens per step, over all replicas (larger batches sum
-    # so many updates of frequent words that training diverges: 4096 does on Wikipedia)
+    batch_size: int | None = None  # centre tokens per step over all replicas; None: by kernel
+    # (DEFAULT_BATCH). The tf kernel sums a batch's updates, and larger batches sum so many
+    # updates of frequent words that training diverges (4096 does on Wikipedia); the fused
+    # kernel applies every pair's update at once, so its batch size only sets the overhead.
+    kernel: str = "auto"  # fused (C++ op, CPU, one replica) | tf (TensorFlow ops, any device)
     window: int | None = None  # None: the corpus job's --window
     sample: float | None = None  # None: the corpus job's --sample
     strategy: str = "auto"
@@ -91,7 +97,8 @@ class TrainConfig:
             (self.noise_per_centre is None or self.noise_per_centre >= 1,
              f"--noise-per-centre must be >= 1, got {self.noise_per_centre}"),
             (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
+            (self.kernel in KERNELS, f"--kernel must be one of {KERNELS}, got {self.kernel!r}"),
             (self.window is None or self.window >= 1, f"--window must be >= 1, got {self.window}"),
             (self.sample is None or 0 <= self.sample < 1, f"--sample must be in [0, 1), got {self.sample}"),
             (self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}"),
@@ -191,13 +198,14 @@ def context_masks(rows, radius, window):
     return masks
 
 
-def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
+def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noise=True):
     """One epoch of training batches: runs of kept tokens, with their draws.
 
     Each element is a dict of `batch_size` centre tokens (the last may be shorter):
       "ids" int64 [N], "rows" int64 [N] (a run id, unique within the epoch),
       "radius" int32 [N] (dynamic window radius of each centre),
-      "negatives" int64 [N, M] (M = noise_count(config) noise words of each centre), and
+      "negatives" int64 [N, M] (M = noise_count(config) noise words of each centre;
+      left out when `noise` is false: the fused kernel draws its own), and
       "words" float32 [] (corpus words these centres stand for, before subsampling,
       for the learning-rate schedule and words/s).
     Every centre is paired with each context its radius reaches inside its run; pairs
@@ -208,7 +216,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
     sample = config.sample if config.sample is not None else corpus.sample
     keep = tf.constant(keep_probabilities(corpus.counts, sample))
     cdf = tf.constant(noise_cdf(corpus.counts))
-    batch_size = batch_size or config.batch_size
+    batch_size = batch_size or config.batch_size or DEFAULT_BATCH["tf"]
     negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), config.records_per_read
     base = np.int64(config.seed) * 1_000_003 + epoch * 7919
 
@@ -229,12 +237,14 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None):
         ids, rows, raw = tf.boolean_mask(ids, kept), tf.boolean_mask(rows, kept), tf.shape(ids)[0]
         n = tf.shape(ids)[0]
         radius = tf.random.stateless_uniform([n], seed + 1, minval=1, maxval=window + 1, dtype=tf.int32)
-        u = tf.random.stateless_uniform([n * negatives], seed + 2)
-        noise = tf.minimum(tf.searchsorted(cdf, u, side="right"), vocab_size - 1)
         # Spread this read's raw word count over its kept tokens, so rebatching sums it.
         words = tf.fill([n], tf.cast(raw, tf.float32) / tf.cast(tf.maximum(n, 1), tf.float32))
-        return {"ids": ids, "rows": rows, "radius": radius,
-                "negatives": tf.reshape(tf.cast(noise, tf.int64), [n, negatives]), "words": words}
+        element = {"ids": ids, "rows": rows, "radius": radius, "words": words}
+        if noise:
+            u = tf.random.stateless_uniform([n * negatives], seed + 2)
+            drawn = tf.minimum(tf.searchsorted(cdf, u, side="right"), vocab_size - 1)
+            element["negatives"] = tf.reshape(tf.cast(drawn, tf.int64), [n, negatives])
+        return element
 
     def total_words(batch):
         batch["words"] = tf.reduce_sum(batch["words"])
@@ -267,6 +277,39 @@ def choose_strategy(name, tpu=None):
     if name == "auto" and len(gpus) == 1:
         return tf.distribute.OneDeviceStrategy("/gpu:0")
     return tf.distribute.get_strategy()
+
+
+def resolve_kernel(name, strategy):
+    """'fused' or 'tf' for --kernel `name` under `strategy`.
+
+    The fused kernel (trainer/kernels) updates the vectors in place on the CPU, so it
+    serves one replica on the CPU; GPUs, TPUs and several replicas take the TF step.
+    'auto' falls back to the TF step, with a warning, where the kernel cannot be built.
+    """
+    try:
+        devices = list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: ops go to the first GPU, if any, else the CPU
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
+    on_one_cpu = strategy.num_replicas_in_sync == 1 and all(
+        (tf.DeviceSpec.from_string(d).device_type or "CPU") == "CPU" for d in devices)
+    if name == "tf":
+        return "tf"
+    if not on_one_cpu:
+        if name == "fused":
+            raise ValueError(f"--kernel fused runs on the CPU with one replica, but the strategy is "
+                             f"{type(strategy).__name__} on {', '.join(devices)}: use --kernel tf or auto")
+        return "tf"
+    from trainer import kernels  # pylint: disable=import-outside-toplevel
+
+    try:
+        kernels.load()
+    except kernels.KernelUnavailable as error:
+        if name == "fused":
+            raise
+        logging.warning("train: the fused CPU kernel is unavailable, training with TensorFlow ops "
+                        "(about 3x slower): %s", error)
+        return "tf"
+    return "fused"
 
 
 class SkipGram(tf.Module):
@@ -381,8 +424,11 @@ def train(config):
     corpus = load_corpus(config.corpus)
     strategy = choose_strategy(config.strategy, config.tpu)
     replicas = strategy.num_replicas_in_sync
-    logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s)",
-                 len(corpus.vocab), corpus.total_words, type(strategy).__name__, replicas)
+    kernel = resolve_kernel(config.kernel, strategy)
+    batch_size = config.batch_size or DEFAULT_BATCH[kernel]
+    logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s), "
+                 "%s kernel, %d tokens a step", len(corpus.vocab), corpus.total_words,
+                 type(strategy).__name__, replicas, kernel, batch_size)
     total_words = _progress_words(config, corpus)
     lr0 = config.learning_rate
     window = config.window if config.window is not None else corpus.window
@@ -417,7 +463,29 @@ def train(config):
     if replicas > 1 and len(strategy.extended.worker_devices) == 1:
         step_device = strategy.extended.worker_devices[0]
 
+    if kernel == "fused":
+        from trainer import kernels  # pylint: disable=import-outside-toplevel
+
+        noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
+        seed_base = tf.constant(np.int64(config.seed) << 32, tf.int64)
+
+    def fused_step(batch):
+        """One batch through the fused kernel: every pair updates the vectors in place."""
+        progress = tf.cast(words_done, tf.float32) / total_words
+        lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
+        # The loss costs a logarithm per update: it is measured on one step in _LOSS_EVERY.
+        with_loss = tf.equal(step % _LOSS_EVERY, 0)
+        loss, pairs = kernels.skipgram_step(
+            model.inputs, model.outputs, batch["ids"], batch["rows"], batch["radius"], noise_prob,
+            noise_alias, lr, seed_base + step, with_loss, config.negatives)
+        words_done.assign_add(tf.cast(batch["words"], tf.float64))
+        step.assign_add(1)
+        batches_in_epoch.assign_add(1)
+        return loss, lr, pairs, tf.where(with_loss, pairs, 0.0)
+
     def replica_step(batch):
+        if kernel == "fused":
+            return fused_step(batch)
         if step_device is None:
             return _replica_step(batch)
         with tf.device(step_device):
@@ -446,23 +514,25 @@ def train(config):
         words_done.assign_add(tf.cast(words, tf.float64))
         step.assign_add(1)
         batches_in_epoch.assign_add(1)
-        return loss, lr, pairs
+        return loss, lr, pairs, pairs
 
     @tf.function
     def train_steps(iterator, n):
-        """Runs up to n steps; returns (loss sum, pairs, last lr, steps run)."""
-        loss_sum, pairs_sum = tf.constant(0.0), tf.constant(0.0)
+        """Runs up to n steps; returns (loss sum, pairs, pairs the loss was measured on,
+        last lr, steps run)."""
+        loss_sum, pairs_sum, loss_pairs_sum = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
         lr, done = tf.constant(0.0), tf.constant(0)
         for _ in tf.range(n):
             batch = iterator.get_next_as_optional()
             if not batch.has_value():
                 break
-            loss, step_lr, pairs = strategy.run(replica_step, args=(batch.get_value(),))
+            loss, step_lr, pairs, loss_pairs = strategy.run(replica_step, args=(batch.get_value(),))
             loss_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, loss, axis=None)
             pairs_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, pairs, axis=None)
+            loss_pairs_sum += strategy.reduce(tf.distribute.ReduceOp.MEAN, loss_pairs, axis=None)
             lr = strategy.reduce(tf.distribute.ReduceOp.MEAN, step_lr, axis=None)
             done += 1
-        return loss_sum, pairs_sum, lr, done
+        return loss_sum, pairs_sum, loss_pairs_sum, lr, done
 
     writer = tf.summary.create_file_writer(artifacts.join(ckpt_dir, schema.LOGS_DIR))
     stats = {"steps": 0, "pairs": 0.0, "seconds": 0.0, "loss_curve": []}
@@ -474,8 +544,9 @@ def train(config):
     stop = False
 
     for epoch in range(int(epoch_var.numpy()), config.epochs):
-        per_replica_batch = max(1, config.batch_size // replicas)
-        dataset_fn = lambda ctx, e=epoch: make_dataset(corpus, config, e, ctx, per_replica_batch)  # noqa: E731
+        per_replica_batch = max(1, batch_size // replicas)
+        dataset_fn = lambda ctx, e=epoch: make_dataset(corpus, config, e, ctx, per_replica_batch,  # noqa: E731
+                                                       noise=kernel == "tf")
         iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
         for _ in range(int(batches_in_epoch.numpy())):  # resuming: the same draws, skip them
             next(iterator)
@@ -487,14 +558,14 @@ def train(config):
                     stop = True
                     break
             before = int(step.numpy())
-            loss, pairs, lr, done = train_steps(iterator, tf.constant(n))
+            loss, pairs, measured, lr, done = train_steps(iterator, tf.constant(n))
             done = int(done)
             if done == 0:
                 break
             pairs = float(pairs)
             pairs_since += pairs
             loss_sum += float(loss)
-            loss_pairs += pairs
+            loss_pairs += float(measured)
             stats["steps"] += done
             stats["pairs"] += pairs
             current = before + done
@@ -504,7 +575,7 @@ def train(config):
             if now - last_log >= config.log_every_seconds:
                 words_now = float(words_done.numpy())
                 wps = (words_now - words_at_log) / (now - last_log)
-                mean_loss = loss_sum / max(loss_pairs, 1)
+                mean_loss = loss_sum / loss_pairs if loss_pairs else float("nan")
                 logging.info("train: epoch %d step %d  %.1f%%  loss/pair %.4f  lr %.5f  %.0f words/s  %.0f pairs/s",
                              epoch + 1, current, 100 * words_now / total_words, mean_loss, float(lr), wps,
                              pairs_since / (now - last_log))
@@ -526,6 +597,8 @@ def train(config):
     stats["words_per_second"] = stats["words"] / max(stats["seconds"], 1e-9)
     stats["strategy"] = type(strategy).__name__
     stats["replicas"] = replicas
+    stats["kernel"] = kernel
+    stats["batch_size"] = batch_size
     writer.flush()
     vectors = WordVectors(corpus.vocab, model.inputs.numpy(), corpus.counts)
     stats["chief"] = chief
@@ -592,7 +665,13 @@ def parse_args(argv):
     parser.add_argument("--noise-per-centre", type=int, default=None,
                         help="noise words drawn per centre token, shared by its pairs (default 3 x --negatives)")
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="centre tokens per step")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"centre tokens per step (default {DEFAULT_BATCH['fused']} with the fused kernel, "
+                             f"{DEFAULT_BATCH['tf']} with the tf kernel)")
+    parser.add_argument("--kernel", choices=KERNELS, default=d.kernel,
+                        help="fused: a C++ op that trains pair by pair in place, on the CPU with one replica "
+                             "(built on first use); tf: TensorFlow ops, on any device and strategy; "
+                             "auto (default): fused where it applies and builds, else tf")
     parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
     parser.add_argument("--sample", type=float, default=None, help="default: the corpus job's")
     parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
