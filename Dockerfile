@@ -17,6 +17,9 @@ FROM python:3.11-slim
 COPY --from=beam /opt/apache/beam /opt/apache/beam
 ENV PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2 PIP_NO_CACHE_DIR=1
 WORKDIR /app
+# g++ builds the trainer's fused CPU kernel on first use (trainer/kernels), for the
+# processor of the machine that runs it; without it training falls back to TF ops.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
 # Dependencies first, so code changes reuse this layer. tensorflow[and-cuda] adds the
 # CUDA libraries TensorFlow needs on a GPU (Vertex AI supplies the driver); on a CPU
 # machine they are simply unused.

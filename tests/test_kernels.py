@@ -145,3 +145,11 @@ def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path, monkeyp
     assert "no C++ compiler: 'no-such-compiler' is not on PATH" in caplog.text
     with pytest.raises(kernels.KernelUnavailable, match="install g\\+\\+ or set \\$CXX"):
         skipgram.resolve_kernel("fused", strategy)
+
+
+def test_an_unwritable_kernel_cache_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv(kernels.CACHE_ENV, str(blocker))
+    with pytest.raises(kernels.KernelUnavailable, match=f"cannot write the kernel cache {blocker}.*EMBEDFLOW_KERNEL_CACHE"):
+        kernels.load()

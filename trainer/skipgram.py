@@ -17,15 +17,20 @@ run draws what the first would have drawn.
 
 Model and update: input vectors W (uniform in +-0.5/dim, as word2vec) and output
 vectors C (zeros). Each step takes a batch of --batch-size consecutive kept tokens
-(whole runs, in order): every token is a centre, its contexts are the tokens its
-radius reaches in the same run (found by shifting the batch, so a context costs no
-extra lookup), and its K noise words stand for the K noise words of each of its
-pairs (their terms weighted by its number of contexts: the expected gradient of
-word2vec's per-pair sampling). Gradients are computed in closed form and applied as
-sparse scatter updates (a sum over the batch, like word2vec's Hogwild threads)
-scaled by the learning rate, which decays linearly with the corpus words processed,
-from --learning-rate to 1e-4 of it, as word2vec does. With several replicas the
-sparse updates are all-gathered so every replica applies all of them.
+(whole runs, in order); every token is a centre, paired with each context its radius
+reaches in the same run. The learning rate decays linearly with the corpus words
+processed, from --learning-rate to 1e-4 of it, as word2vec does. Two kernels (--kernel):
+
+  * fused (default on a CPU with one replica; trainer/kernels): a C++ op that trains
+    pair by pair in place, word2vec's own update: the context's input vector against
+    the centre's output vector and --negatives noise words drawn for that pair, the
+    batch split over TensorFlow's intra-op threads without locks (Hogwild).
+  * tf (GPUs, TPUs, several replicas): TensorFlow ops only. Contexts come from shifting
+    the batch (no extra lookup); a centre's --noise-per-centre noise words stand for the
+    K noise words of each of its pairs (their terms weighted by its number of contexts:
+    the expected gradient of word2vec's per-pair sampling). Gradients are computed in
+    closed form and applied as sparse scatter updates, summed over the batch; with
+    several replicas the dense sums are all-reduced so every replica applies all of them.
 
 Output directory (published only when complete):
     vectors.npy, vocab.txt          rows of W and the vocabulary (word<TAB>count)

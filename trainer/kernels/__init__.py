@@ -70,8 +70,12 @@ def build(path):
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         raise KernelUnavailable(f"no C++ compiler: {cxx!r} is not on PATH (install g++ or set $CXX)")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=os.path.dirname(path))
+    except OSError as error:
+        raise KernelUnavailable(f"cannot write the kernel cache {os.path.dirname(path)}: {error}; "
+                                f"point ${CACHE_ENV} at a writable folder") from error
     os.close(fd)
     cmd = [cxx, *_FLAGS, SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     logging.info("train: building the fused CPU kernel (once per machine): %s", " ".join(cmd))
