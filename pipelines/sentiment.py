@@ -143,6 +143,11 @@ def parse_args(argv):
     parser.add_argument("--curve-sizes", default="100,300,1000,3000",
                         help="training-set sizes of the learning curve, comma-separated; the full "
                              "set is always added; 'none' skips the curve (default 100,300,1000,3000)")
+    parser.add_argument("--fine-tune-rate", type=float, default=None,
+                        help="learning rate of the fine-tuned pretrained embeddings, relative to the "
+                             "rest (default 0.1; scratch embeddings train at the full rate)")
+    parser.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
+                        help="feed the mean vector to the dense layers as it is, not batch-normalised")
     parser.add_argument("--raw-vectors", dest="normalize", action="store_false", default=None,
                         help="use the trained vectors as they are, not scaled to unit length")
     parser.add_argument("--hidden", type=int, default=64, help="units of the hidden layer (default 64)")

@@ -6,10 +6,13 @@ directory). The model (`build_model`):
     token ids [batch, tokens]  (corpus ids; -1 pads; the corpus OOV id, vocab_size, is unknown)
       -> embedding [vocab_size, dim], initialised from the trained vectors scaled to unit
          length (`normalize`; skip-gram makes frequent words the longest) or at random for
-         the scratch baseline; frozen or fine-tuned
+         the scratch baseline; frozen or fine-tuned (pretrained rows at `fine_tune_rate`
+         times the learning rate)
       -> the mean over the tokens that are neither padding nor OOV (a text without one
          averages to zeros); while training, each token is dropped with probability
          `word_dropout` first (the "word dropout" of Iyyer et al.'s deep averaging network)
+      -> batch normalisation of the mean (`standardize`): every coordinate centred and
+         scaled, as a linear model on such features wants
       -> `hidden_layers` x (dropout, Dense `hidden` + ReLU) -> dropout
       -> Dense + sigmoid (two classes) or softmax (more).
 
@@ -65,6 +68,9 @@ class SentimentConfig:
     min_epoch_batches: int = 50  # an epoch is a pass over the training set or this many batches
     validation_fraction: float = 0.1
     normalize: bool = True  # scale every pretrained vector to unit length first
+    standardize: bool = True  # batch-normalise the mean vector before the dense layers
+    fine_tune_rate: float = 0.1  # learning rate of fine-tuned pretrained embeddings, relative
+    # to the rest (scratch embeddings, with nothing to keep, train at the full rate)
     seed: int = 0
 
     def __post_init__(self):
@@ -77,6 +83,7 @@ class SentimentConfig:
             (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
+            (self.fine_tune_rate > 0, f"--fine-tune-rate must be > 0, got {self.fine_tune_rate}"),
             (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
             (self.min_epoch_batches >= 1,
              f"--min-epoch-batches must be >= 1, got {self.min_epoch_batches}"),
@@ -223,13 +230,21 @@ class TokenMean(keras.layers.Layer):
 
 
 class LazyAdam(keras.optimizers.Adam):
-    """Adam whose sparse (embedding) updates touch only the rows in the batch.
+    """Adam whose sparse (embedding) updates touch only the rows in the batch, at
+    `sparse_scale` times the learning rate.
 
     Dense Adam updates every row of a 76,000 x 100 table at every step (decaying the
     moments of rows the batch never saw); here the moments and the update of a row change
     only when a batch holds it, so a step costs what the batch costs. Dense gradients get
     plain Adam. TensorFlow backend only (it updates through tf.IndexedSlices).
     """
+
+    def __init__(self, learning_rate=1e-3, *, sparse_scale=1.0, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.sparse_scale = float(sparse_scale)
+
+    def get_config(self):
+        return {**super().get_config(), "sparse_scale": self.sparse_scale}
 
     def update_step(self, gradient, variable, learning_rate):
         if not isinstance(gradient, tf.IndexedSlices):
@@ -238,7 +253,7 @@ class LazyAdam(keras.optimizers.Adam):
         grad = tf.math.unsorted_segment_sum(tf.cast(gradient.values, variable.dtype), position,
                                             tf.shape(rows)[0])
         step = tf.cast(self.iterations + 1, variable.dtype)
-        alpha = (tf.cast(learning_rate, variable.dtype) * tf.sqrt(1 - self.beta_2 ** step)
+        alpha = (tf.cast(learning_rate * self.sparse_scale, variable.dtype) * tf.sqrt(1 - self.beta_2 ** step)
                  / (1 - self.beta_1 ** step))
         # Keras keeps one moment pair per variable, found by the variable's index.
         index = self._get_variable_index(variable)  # pylint: disable=protected-access
@@ -275,6 +290,8 @@ def build_model(config, *, vocab_size, dim, num_classes, vectors=None):
     mean = TokenMean(vocab_size, dim, trainable_embeddings=config.fine_tune or vectors is None,
                      word_dropout=config.word_dropout, seed=seed, name="token_mean")
     x = mean(ids)
+    if config.standardize:
+        x = keras.layers.BatchNormalization(name="standardize")(x)
     for i in range(1, config.hidden_layers + 1):
         if config.dropout:
             x = keras.layers.Dropout(config.dropout, seed=seed * 1000 + 500 + i, name=f"dropout_{i}")(x)
@@ -294,7 +311,11 @@ def build_model(config, *, vocab_size, dim, num_classes, vectors=None):
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
-    model.compile(optimizer=LazyAdam(config.learning_rate), loss=loss, metrics=[accuracy])
+    # Pretrained rows move slowly, so a few hundred texts adjust them rather than overwrite
+    # them (Adam's steps are about the learning rate whatever the gradient's size).
+    sparse_scale = config.fine_tune_rate if vectors is not None else 1.0
+    model.compile(optimizer=LazyAdam(config.learning_rate, sparse_scale=sparse_scale),
+                  loss=loss, metrics=[accuracy])
     return model
 
 
