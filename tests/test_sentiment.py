@@ -232,7 +232,8 @@ def test_token_mean_ignores_padding_and_oov():
     ids = np.array([[1, 3, 4, -1], [4, -1, -1, -1], [2, 2, 0, -1]], np.int64)  # 4 is OOV
     np.testing.assert_allclose(mean(ids, training=False),
                                [(vectors[1] + vectors[3]) / 2, np.zeros(3), (2 * vectors[2] + vectors[0]) / 3])
-    assert trainer.trainable_params(model) == 3 * 64 + 64 + 64 + 1  # the table is frozen
+    # The table is frozen: batch norm's scale and offset, the hidden and output layers.
+    assert trainer.trainable_params(model) == 2 * 3 + 3 * 64 + 64 + 64 + 1
     with pytest.raises(ValueError, match="--hidden must be >= 1"):
         trainer.SentimentConfig(hidden=0)
 
@@ -256,6 +257,26 @@ def test_lazy_adam_moves_only_the_rows_a_batch_holds():
     np.testing.assert_array_equal(lazy_second[0], lazy_first[0])
     assert (dense_second[0] != dense_first[0]).all()
     np.testing.assert_array_equal(lazy_second[3:], table[3:])
+
+
+def test_pretrained_rows_are_fine_tuned_at_a_fraction_of_the_rate():
+    table = np.ones((4, 2), np.float32)
+    moves = {}
+    for scale in (1.0, 0.1):
+        variable = tf.Variable(table)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(variable, [1]) ** 2)
+        trainer.LazyAdam(0.01, sparse_scale=scale).apply_gradients([(tape.gradient(loss, variable), variable)])
+        moves[scale] = table[1] - variable.numpy()[1]
+    np.testing.assert_allclose(moves[0.1], 0.1 * moves[1.0], rtol=1e-5)
+    assert (moves[1.0] > 0).all()
+    config = trainer.SentimentConfig(fine_tune_rate=0.25)
+    vectors = np.ones((5, 3), np.float32)
+    pretrained = trainer.build_model(config, vocab_size=5, dim=3, num_classes=2, vectors=vectors)
+    scratch = trainer.build_model(config, vocab_size=5, dim=3, num_classes=2)
+    assert pretrained.optimizer.sparse_scale == 0.25 and scratch.optimizer.sparse_scale == 1.0
+    with pytest.raises(ValueError, match="--fine-tune-rate must be > 0"):
+        trainer.SentimentConfig(fine_tune_rate=0)
 
 
 def test_folds_validation_and_curve_subsets_are_deterministic_hashes():
