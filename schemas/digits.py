@@ -5,6 +5,10 @@ The contract itself (what each file holds) is documented in `pipelines/digits.py
 
 import tensorflow as tf
 
+# Splits and their example files, shared with the other example jobs; re-exported here.
+from schemas.examples import (  # noqa: F401  pylint: disable=unused-import
+    EVAL, EXAMPLES_COMPRESSION, EXAMPLES_DIR, EXAMPLES_SUFFIX, SPLITS, TRAIN)
+
 IMAGE_SIZE = 32  # images are IMAGE_SIZE x IMAGE_SIZE grey, ink high
 IMAGE_PIXELS = IMAGE_SIZE * IMAGE_SIZE  # 1024, the MLP's input width
 NUM_CLASSES = 10
@@ -18,13 +22,6 @@ FEATURE_SPEC = {
     LABEL_KEY: tf.io.FixedLenFeature([], tf.int64),
 }
 
-# Splits and their example files: examples/{split}-SSSSS-of-NNNNN.tfrecord.gz
-TRAIN = "train"
-EVAL = "eval"
-SPLITS = (TRAIN, EVAL)
-EXAMPLES_DIR = "examples"
-EXAMPLES_SUFFIX = ".tfrecord.gz"
-EXAMPLES_COMPRESSION = "GZIP"  # tf.data.TFRecordDataset compression_type
 
 # Artifact names inside the digits job's output directory.
 MODEL_DIR = "model"  # SavedModel; endpoints below

@@ -5,6 +5,11 @@ The contract itself (what each file holds) is documented in `pipelines/sentiment
 
 import tensorflow as tf
 
+# Splits and their example files, shared with the other example jobs; re-exported here.
+# `eval` exists only with --eval-input; folds and hash-chosen eval sets come from `train`.
+from schemas.examples import (  # noqa: F401  pylint: disable=unused-import
+    EVAL, EXAMPLES_COMPRESSION, EXAMPLES_DIR, EXAMPLES_SUFFIX, SPLITS, TRAIN)
+
 # One example: the token ids of one text, as the corpus job's transform_fn gives them
 # (OOV tokens are the corpus's OOV id, vocab_size), its class index, and a 63-bit key
 # from the sha256 of the text (folds and splits are drawn from it, so identical texts
@@ -20,15 +25,6 @@ FEATURE_SPEC = {
 
 # Default class names, in class-index order.
 DEFAULT_LABELS = ("neg", "pos")
-
-# Splits and their example files: examples/{split}-SSSSS-of-NNNNN.tfrecord.gz. `eval`
-# exists only with --eval-input; folds and hash-chosen eval sets are drawn from `train`.
-TRAIN = "train"
-EVAL = "eval"
-SPLITS = (TRAIN, EVAL)
-EXAMPLES_DIR = "examples"
-EXAMPLES_SUFFIX = ".tfrecord.gz"
-EXAMPLES_COMPRESSION = "GZIP"  # tf.data.TFRecordDataset compression_type
 
 # Artifact names inside the sentiment job's output directory.
 MODEL_DIR = "model"  # SavedModel: raw strings -> probabilities, tokenizer inside
