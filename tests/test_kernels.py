@@ -120,7 +120,7 @@ def test_training_with_each_kernel_learns_the_topics(tmp_path, topic_corpus):  #
         assert _topic_precision(WordVectors.load(out)) >= 0.9, kernel
 
 
-def test_fused_kernel_is_refused_for_several_replicas(tmp_path, topic_corpus):  # noqa: F811
+def test_fused_kernel_is_refused_for_several_replicas():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
     assert skipgram.resolve_kernel("auto", strategy) == "fused"
     assert skipgram.resolve_kernel("tf", strategy) == "tf"

@@ -220,7 +220,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
     window = config.window if config.window is not None else corpus.window
     sample = config.sample if config.sample is not None else corpus.sample
     keep = tf.constant(keep_probabilities(corpus.counts, sample))
-    cdf = tf.constant(noise_cdf(corpus.counts))
+    cdf = tf.constant(noise_cdf(corpus.counts)) if noise else None  # the fused kernel draws its own
     batch_size = batch_size or config.batch_size or DEFAULT_BATCH["tf"]
     negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), config.records_per_read
     base = np.int64(config.seed) * 1_000_003 + epoch * 7919
