@@ -28,7 +28,27 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sgns_cpu.cc")
 CACHE_ENV = "EMBEDFLOW_KERNEL_CACHE"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC",
           "-Wno-deprecated-declarations", "-Wno-interference-size"]
+# TensorFlow's bundled Eigen does not compile with AVX512-FP16 enabled (g++ 12 on a
+# Sapphire Rapids CPU fails in PacketMathFP16.h); the kernel uses no half floats.
+_X86_OPT_OUT = ["-mno-avx512fp16"]
 _loaded = {}
+_flags_by_compiler = {}
+
+
+def compiler_flags(cxx):
+    """_FLAGS plus the opt-outs this compiler understands (probed once per compiler)."""
+    if shutil.which(cxx) is None:
+        return list(_FLAGS)
+    if cxx not in _flags_by_compiler:
+        extra = []
+        if platform.machine() in ("x86_64", "AMD64"):
+            for flag in _X86_OPT_OUT:
+                probe = subprocess.run([cxx, flag, "-x", "c++", "-fsyntax-only", os.devnull],
+                                       capture_output=True, check=False)
+                if probe.returncode == 0:
+                    extra.append(flag)
+        _flags_by_compiler[cxx] = _FLAGS + extra
+    return _flags_by_compiler[cxx]
 
 
 class KernelUnavailable(RuntimeError):
@@ -57,7 +77,7 @@ def library_path():
         source = f.read()
     cxx = os.environ.get("CXX", "g++")
     key = hashlib.sha256(b"\0".join([
-        source, cxx.encode(), " ".join(_FLAGS).encode(), tf.__version__.encode(),
+        source, cxx.encode(), " ".join(compiler_flags(cxx)).encode(), tf.__version__.encode(),
         " ".join(tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()).encode(),
         _cpu_signature().encode()])).hexdigest()[:20]
     return os.path.join(cache_dir(), f"sgns_cpu-{key}.so")
@@ -77,7 +97,7 @@ def build(path):
         raise KernelUnavailable(f"cannot write the kernel cache {os.path.dirname(path)}: {error}; "
                                 f"point ${CACHE_ENV} at a writable folder") from error
     os.close(fd)
-    cmd = [cxx, *_FLAGS, SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
+    cmd = [cxx, *compiler_flags(cxx), SOURCE, "-o", tmp, *tf.sysconfig.get_compile_flags(), *tf.sysconfig.get_link_flags()]
     logging.info("train: building the fused CPU kernel (once per machine): %s", " ".join(cmd))
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
