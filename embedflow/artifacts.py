@@ -32,7 +32,7 @@ def join(*parts):
     return FileSystems.join(*parts) if is_remote(parts[0]) else os.path.join(*parts)
 
 
-def _list_files(root):
+def list_files(root):
     """All file paths under `root` (recursive), sorted."""
     if not is_remote(root):
         found = []
@@ -47,7 +47,7 @@ def _list_files(root):
 def exists(path):
     if not is_remote(path):
         return os.path.exists(path)
-    return FileSystems.exists(path) or bool(_list_files(path))
+    return FileSystems.exists(path) or bool(list_files(path))
 
 
 def delete_tree(path):
@@ -57,7 +57,7 @@ def delete_tree(path):
         elif os.path.exists(path):
             os.remove(path)
         return
-    files = _list_files(path)
+    files = list_files(path)
     if files:
         FileSystems.delete(files)
 
@@ -72,8 +72,8 @@ def read_text(path):
         return f.read().decode("utf-8")
 
 
-def check_output_dir(path, flag="--output"):
-    """Fails before work starts when `path` cannot become an output directory."""
+def check_output_path(path, flag="--output"):
+    """The checks of an output path that need no listing: given, not a file."""
     if not path:
         raise ValueError(f"{flag} is required: the directory to write the job's output to")
     if not is_remote(path):
@@ -85,6 +85,97 @@ def check_output_dir(path, flag="--output"):
             raise ValueError(f"{flag} {path}: its parent {parent} is a file")
 
 
+def check_output_dir(path, flag="--output", inputs=()):
+    """Fails before work starts when `path` cannot become an output directory.
+
+    An output directory is replaced whole when the job publishes, so it may only be a
+    new path, an empty directory, or an earlier embedflow output (one holding
+    embedflow's `info.json`), and never one of the job's inputs, a directory that holds
+    one, or a path inside one.
+
+    Args:
+      path: the output directory (local or `gs://`).
+      flag: the flag that named it, for messages.
+      inputs: paths of the job's input files or directories (None entries are ignored).
+
+    Raises:
+      ValueError: naming `flag`, the path and what to do.
+    """
+    check_output_path(path, flag)
+    check_not_an_input(path, flag, inputs)
+    check_replaceable(path, flag)
+
+
+def _normalized(path):
+    if is_remote(path):
+        return path.rstrip("/")
+    return os.path.realpath(os.path.abspath(path))
+
+
+def check_not_an_input(path, flag, inputs):
+    """Raises when the output `path` is, contains or lies inside one of `inputs`."""
+    out = _normalized(path)
+    sep = "/" if is_remote(path) else os.sep
+    for given in inputs:
+        if not given:
+            continue
+        if is_remote(given) != is_remote(path):
+            continue
+        source = _normalized(given)
+        if out == source:
+            why = "is"
+        elif source.startswith(out + sep):
+            why = "contains"
+        elif out.startswith(source + sep):
+            why = "lies inside"
+        else:
+            continue
+        raise ValueError(
+            f"{flag} {path} {why} the job's input {given}: publishing the output would "
+            "replace it. Write the output to a separate directory.")
+
+
+def _is_embedflow_info(info_path):
+    try:
+        info = json.loads(read_text(info_path))
+    except Exception:  # pylint: disable=broad-except
+        return False
+    return isinstance(info, dict) and "layout_version" in info
+
+
+def foreign_entries(path):
+    """What in an existing `path` keeps a job from replacing it: [] when it may.
+
+    A path may be replaced when it does not exist, is an empty directory, or holds
+    embedflow's `info.json` (an earlier output, complete or cut short while publishing).
+    Otherwise returns the names it holds, sorted.
+    """
+    if is_remote(path):
+        prefix = path.rstrip("/") + "/"
+        names_found = sorted({p[len(prefix):].split("/")[0] for p in list_files(path)})
+    elif os.path.isdir(path):
+        names_found = sorted(os.listdir(path))
+    else:
+        return []
+    if not names_found:
+        return []
+    if names.INFO_FILE in names_found and _is_embedflow_info(join(path, names.INFO_FILE)):
+        return []
+    return names_found
+
+
+def check_replaceable(path, flag="--output"):
+    """Raises when `path` holds anything that no embedflow job published."""
+    found = foreign_entries(path)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise ValueError(
+            f"{flag} {path} already holds files that no embedflow job wrote ({shown}): a job "
+            "replaces its output directory whole, so it writes only to a new or empty "
+            "directory or over an earlier embedflow output. Choose another path, or remove "
+            "those files yourself.")
+
+
 class StagedOutput:
     """A job's output directory, staged and published atomically.
 
@@ -92,8 +183,9 @@ class StagedOutput:
     block without publishing (an exception) deletes the staging directory.
     """
 
-    def __init__(self, final_dir, flag="--output"):
-        check_output_dir(final_dir, flag)
+    def __init__(self, final_dir, flag="--output", inputs=()):
+        check_output_dir(final_dir, flag, inputs)
+        self.flag = flag
         self.final_dir = final_dir.rstrip("/") if is_remote(final_dir) else os.path.abspath(final_dir)
         self.path = f"{self.final_dir}{_STAGING_TAG}{uuid.uuid4().hex[:12]}"
         self.published = False
@@ -118,6 +210,8 @@ class StagedOutput:
         info.setdefault("completed_at", utc_now())
         info.setdefault("versions", library_versions())
         payload = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
+        # Checked again: something may have written there while the job ran.
+        check_replaceable(self.final_dir, self.flag)
         if is_remote(self.final_dir):
             self._publish_remote()
         else:
@@ -137,13 +231,17 @@ class StagedOutput:
             shutil.rmtree(old, ignore_errors=True)
 
     def _publish_remote(self):
-        # Object stores have no directory rename: drop the old output (its COMPLETED
-        # marker first, so no reader trusts a half-deleted directory), then move files.
+        # Object stores have no directory rename. The old output's COMPLETED marker goes
+        # first, so no reader trusts a half-replaced directory, and its info.json last, so
+        # the prefix stays recognisably embedflow's (replaceable) if this is cut short.
         marker = join(self.final_dir, names.COMPLETED_FILE)
+        info = join(self.final_dir, names.INFO_FILE)
         if FileSystems.exists(marker):
             FileSystems.delete([marker])
-        delete_tree(self.final_dir)
-        sources = _list_files(self.path)
+        old = [p for p in list_files(self.final_dir) if p != info]
+        if old:
+            FileSystems.delete(old)
+        sources = list_files(self.path)
         prefix = self.path.rstrip("/") + "/"
         targets = [self.final_dir + "/" + s[len(prefix):] for s in sources]
         if sources:

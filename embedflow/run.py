@@ -567,7 +567,7 @@ def copy_stage(source, target):
                             ignore=lambda d, files: [f for f in files if d == source and f in skip])
         else:
             prefix = source.rstrip("/") + "/"
-            files = [f for f in artifacts._list_files(source)  # pylint: disable=protected-access
+            files = [f for f in artifacts.list_files(source)
                      if f[len(prefix):] not in skip]
             FileSystems.copy(files, [artifacts.join(out.path, f[len(prefix):]) for f in files])
         out.publish(info)
@@ -793,7 +793,7 @@ def parse_args(argv):
     args.stages = steps
     if args.run_name is not None and (not args.run_name or "/" in args.run_name):
         raise ValueError(f"--run-name {args.run_name!r} must be a plain name (no '/')")
-    artifacts.check_output_dir(args.output_root, "--output-root")
+    artifacts.check_output_path(args.output_root, "--output-root")
     return args
 
 

@@ -121,7 +121,7 @@ def _validate(args):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    artifacts.check_output_dir(args.output)
+    artifacts.check_output_path(args.output)
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -625,7 +625,7 @@ def _counters(result):
 
 
 def _windows_bytes(windows_dir):
-    files = artifacts._list_files(windows_dir)  # pylint: disable=protected-access
+    files = artifacts.list_files(windows_dir)
     if not files:
         return 0, 0
     sizes = [m.size_in_bytes for m in FileSystems.match([windows_dir.rstrip("/") + "/*"])[0].metadata_list]
@@ -647,7 +647,7 @@ def run(argv=None):
     logging.info("corpus: %d input files (%d bytes), fingerprint %s", len(files),
                  sum(m.size_in_bytes for m in files), fingerprint[:12])
 
-    with artifacts.StagedOutput(args.output) as out:
+    with artifacts.StagedOutput(args.output, inputs=[m.path for m in files]) as out:
         temp_dir = artifacts.join(out.path, "tmp")
         started = time.time()
         with beam.Pipeline(options=pipeline_options(beam_args, "analyze")) as p:

@@ -145,7 +145,7 @@ def _validate(args):
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
-    artifacts.check_output_dir(args.output)
+    artifacts.check_output_path(args.output)
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -620,7 +620,8 @@ def run(argv=None):
     eval_file_info, eval_fingerprint = artifacts.fingerprint_files(eval_metadata)
     logging.info("digits: %d %s sources, fingerprint %s", len(sources), args.format, fingerprint[:12])
 
-    with artifacts.StagedOutput(args.output) as out:
+    inputs = [m.path for m in metadata + eval_metadata]
+    with artifacts.StagedOutput(args.output, inputs=inputs) as out:
         examples_dir = artifacts.join(out.path, schema.EXAMPLES_DIR)
         started = time.time()
         with beam.Pipeline(options=pipeline_options(beam_args, "digits")) as p:

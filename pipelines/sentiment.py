@@ -223,7 +223,7 @@ def _validate(args):
                          "commas and tabs as ASCII bytes are supported (utf-8, latin-1, cp1252, ...)")
     args.labels = parse_labels(args.labels)
     args.curve_sizes = parse_curve_sizes(args.curve_sizes)
-    artifacts.check_output_dir(args.output)
+    artifacts.check_output_path(args.output)
 
 
 # ---------------------------------------------------------------------------- inputs
@@ -717,7 +717,8 @@ def run(argv=None):
     logging.info("sentiment: %d %s sources, fingerprint %s", len(sources), args.format,
                  fingerprint[:12])
 
-    with artifacts.StagedOutput(args.output) as out:
+    inputs = [m.path for m in metadata + eval_metadata] + [args.corpus, args.embeddings]
+    with artifacts.StagedOutput(args.output, inputs=inputs) as out:
         examples_dir = artifacts.join(out.path, schema.EXAMPLES_DIR)
         started = time.time()
         with beam.Pipeline(options=pipeline_options(beam_args, "sentiment")) as p:

@@ -112,7 +112,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        artifacts.check_output_dir(self.output)
+        artifacts.check_output_path(self.output)
+        artifacts.check_not_an_input(self.output, "--output", [self.corpus, self.init_from])
 
 
 # ------------------------------------------------------------------------ corpus
@@ -695,13 +696,14 @@ def parse_args(argv):
 
 def run(argv=None):
     config = parse_args(argv)
+    artifacts.check_output_dir(config.output, inputs=[config.corpus, config.init_from])
     vectors, stats, corpus = train(config)
     ckpt_dir = checkpoint_dir(config.output)
     if not stats["chief"]:
         # Every worker trains the same replicated vectors; the chief alone exports.
         logging.info("train: worker done; the chief writes %s", config.output)
         return config.output
-    with artifacts.StagedOutput(config.output) as out:
+    with artifacts.StagedOutput(config.output, inputs=[config.corpus, config.init_from]) as out:
         export(vectors, config.corpus, out.path)
         logs = artifacts.join(ckpt_dir, schema.LOGS_DIR)
         if tf.io.gfile.exists(logs):
