@@ -17,6 +17,7 @@ REQUIRED = [
     "numpy==2.4.6",
     "matplotlib==3.11.2",
     "pyyaml==6.0.4",
+    "pydantic==2.14.4",  # job parameters: flags, run config keys and checks from one declaration
 ]
 
 TEST = [
@@ -27,11 +28,12 @@ TEST = [
 
 setuptools.setup(
     name="embedflow",
-    version="0.1.0",
+    version="0.1.0",  # also core.__version__
     description="Word embeddings at scale: Beam + tf.Transform preprocessing, TensorFlow training",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["embedflow", "embedflow.*", "pipelines", "pipelines.*",
-                                               "trainer", "trainer.*", "schemas", "schemas.*"]),
+    packages=setuptools.find_packages(include=["embedflow", "embedflow.*", "jobs", "jobs.*",
+                                               "pipelines", "pipelines.*", "trainer", "trainer.*",
+                                               "core", "core.*", "schemas", "schemas.*"]),
     # The trainer's fused CPU kernel is C++ source, compiled on first use (trainer/kernels).
     package_data={"trainer.kernels": ["*.cc"]},
     install_requires=REQUIRED,

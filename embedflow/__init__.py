@@ -1,3 +1,3 @@
 """embedflow: word embeddings at scale, and the jobs that put them to work."""
 
-__version__ = "0.1.0"
+from core import __version__  # noqa: F401  (one version, declared in core)

@@ -1,55 +1,23 @@
-"""The `embedflow` command: one subcommand per job.
+"""The `embedflow` command: one subcommand per job (each job module's `run(argv)`).
 
-A process that ran a tf.Transform pipeline can crash at interpreter exit inside
-protobuf's upb garbage collection (protocolbuffers/protobuf#22067) even after
-complete success, so every entry point ends through `exit_now`, which flushes and
-leaves with the real status through `os._exit`.
+Every entry point ends through `core.main.exit_now` (see there why).
 """
 
 import importlib
-import logging
-import os
 import sys
+
+from core.main import exit_now, run_job
 
 # subcommand -> ("module" whose run(argv) runs it, or "module:function"; one-line help)
 COMMANDS = {
-    "corpus": ("pipelines.corpus", "text files -> vocabulary + skip-gram windows (Beam + tf.Transform)"),
-    "digits": ("pipelines.digits", "32x32 digit images -> examples (Beam) -> MLP such as 1024-512-10"),
-    "sentiment": ("pipelines.sentiment", "labelled text -> corpus token ids (Beam) -> averaged-embedding classifier"),
-    "train": ("trainer.skipgram", "skip-gram with negative sampling on CPU, GPU or TPU (tf.distribute)"),
-    "evaluate": ("trainer.evaluate", "analogy accuracy and word-similarity Spearman of trained vectors"),
-    "neighbors": ("trainer.evaluate:run_neighbors", "nearest neighbours of words by cosine"),
+    "corpus": ("jobs.corpus", "text files -> vocabulary + skip-gram windows (Beam + tf.Transform)"),
+    "digits": ("jobs.digits", "32x32 digit images -> examples (Beam) -> MLP such as 1024-512-10"),
+    "sentiment": ("jobs.sentiment", "labelled text -> corpus token ids (Beam) -> averaged-embedding classifier"),
+    "train": ("jobs.train", "skip-gram with negative sampling on CPU, GPU or TPU (tf.distribute)"),
+    "evaluate": ("jobs.evaluate", "analogy accuracy and word-similarity Spearman of trained vectors"),
+    "neighbors": ("jobs.evaluate:run_neighbors", "nearest neighbours of words by cosine"),
     "run": ("embedflow.run", "the whole chain into a versioned run, a report, promotion by quality gates"),
 }
-
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
-
-
-def exit_now(status):
-    """Flushes everything and exits with `status`, skipping interpreter teardown."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # pylint: disable=broad-except
-            pass
-    os._exit(status)  # pylint: disable=protected-access
-
-
-def run_job(name, run, argv):
-    """Runs one job's `run(argv)`, turning user errors into a message and exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        run(argv)
-    except USER_ERRORS as e:
-        print(f"embedflow {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except SystemExit as e:  # argparse's --help and usage errors
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    return 0
-
 
 def _usage():
     lines = ["usage: embedflow COMMAND [options]", "", "commands:"]

@@ -21,7 +21,7 @@ import math
 
 from apache_beam.io.filesystems import FileSystems
 
-from embedflow import artifacts
+from core import outputs
 
 REPORT_DIR = "report"
 LOSS_PLOT = "training_loss.png"
@@ -54,7 +54,7 @@ def _save(fig, path):
 def _read_json(path):
     if not FileSystems.exists(path):
         return None
-    return json.loads(artifacts.read_text(path))
+    return json.loads(outputs.read_text(path))
 
 
 def plot_loss(curve, path):
@@ -160,30 +160,30 @@ def write_report(run_dir, summary):
     Returns:
       the path of report.md.
     """
-    plots_dir = artifacts.join(run_dir, REPORT_DIR)
-    if not artifacts.is_remote(plots_dir):
+    plots_dir = outputs.join(run_dir, REPORT_DIR)
+    if not outputs.is_remote(plots_dir):
         import os  # pylint: disable=import-outside-toplevel
 
         os.makedirs(plots_dir, exist_ok=True)
     plots, notes = [], []
 
-    train_info = _read_json(artifacts.join(run_dir, "embeddings", "info.json"))
+    train_info = _read_json(outputs.join(run_dir, "embeddings", "info.json"))
     curve = (train_info or {}).get("training", {}).get("loss_curve", [])
-    if plot_loss(curve, artifacts.join(plots_dir, LOSS_PLOT)):
+    if plot_loss(curve, outputs.join(plots_dir, LOSS_PLOT)):
         plots.append(("Training loss", LOSS_PLOT))
     else:
         notes.append("Training loss: no finite loss was logged (the trainer logs every 10 seconds; "
                      "a short training may log none).")
-    evaluation = _read_json(artifacts.join(run_dir, "evaluation", "metrics.json"))
-    neighbors = _read_json(artifacts.join(run_dir, "evaluation", "neighbors.json"))
-    pca = _read_json(artifacts.join(run_dir, "evaluation", "pca.json"))
+    evaluation = _read_json(outputs.join(run_dir, "evaluation", "metrics.json"))
+    neighbors = _read_json(outputs.join(run_dir, "evaluation", "neighbors.json"))
+    pca = _read_json(outputs.join(run_dir, "evaluation", "pca.json"))
     if pca:
-        plot_pca(pca, artifacts.join(plots_dir, PCA_PLOT))
+        plot_pca(pca, outputs.join(plots_dir, PCA_PLOT))
         plots.append(("Frequent words, 2D PCA", PCA_PLOT))
     for (stage_dir, name), target in COPIED_PLOTS.items():
-        source = artifacts.join(run_dir, stage_dir, name)
+        source = outputs.join(run_dir, stage_dir, name)
         if FileSystems.exists(source):
-            FileSystems.copy([source], [artifacts.join(plots_dir, target)])
+            FileSystems.copy([source], [outputs.join(plots_dir, target)])
             title = "Digit confusion matrix (eval set)" if stage_dir == "digits" else "Sentiment learning curve"
             plots.append((title, target))
         else:
@@ -202,7 +202,7 @@ def write_report(run_dir, summary):
     for caption, name in plots:
         md += [f"## {caption}", "", f"![{caption}]({REPORT_DIR}/{name})", ""]
     md += [f"- {n}" for n in notes]
-    artifacts.write_text(artifacts.join(run_dir, "report.md"), "\n".join(md) + "\n")
+    outputs.write_text(outputs.join(run_dir, "report.md"), "\n".join(md) + "\n")
 
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
              "table{border-collapse:collapse;margin-bottom:1em}"
@@ -215,5 +215,5 @@ def write_report(run_dir, summary):
     parts += [f"<h2>{html.escape(c)}</h2><img src='{REPORT_DIR}/{n}' alt='{html.escape(c)}'>" for c, n in plots]
     parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "",
               "</body></html>\n"]
-    artifacts.write_text(artifacts.join(run_dir, "report.html"), "\n".join(parts))
-    return artifacts.join(run_dir, "report.md")
+    outputs.write_text(outputs.join(run_dir, "report.html"), "\n".join(parts))
+    return outputs.join(run_dir, "report.md")

@@ -62,7 +62,7 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
-from embedflow import artifacts
+from core import outputs
 from schemas import artifacts as names
 
 RUNS_DIR = "runs"
@@ -228,7 +228,7 @@ def read_config_file(path):
 
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"--config {path} does not exist")
-    text = artifacts.read_text(path)
+    text = outputs.read_text(path)
     try:
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
@@ -317,25 +317,25 @@ def fingerprint_inputs(patterns, key):
     metadata = []
     for pattern in patterns:
         matched = FileSystems.match([pattern])[0].metadata_list
-        if not matched or (not artifacts.is_remote(pattern) and os.path.isdir(pattern)):
+        if not matched or (not outputs.is_remote(pattern) and os.path.isdir(pattern)):
             folder = pattern.rstrip("/")
-            matched = FileSystems.match([folder + "/**" if artifacts.is_remote(folder)
+            matched = FileSystems.match([folder + "/**" if outputs.is_remote(folder)
                                          else os.path.join(folder, "**")])[0].metadata_list
         if not matched:
             raise FileNotFoundError(f"config inputs.{key}: {pattern} matches no file")
         metadata.extend(matched)
-    files, digest = artifacts.fingerprint_files(metadata)
+    files, digest = outputs.fingerprint_files(metadata)
     return {"patterns": list(patterns), "files": files, "fingerprint": digest}
 
 
 def _embedflow_version():
-    import embedflow  # pylint: disable=import-outside-toplevel
+    from core import __version__  # pylint: disable=import-outside-toplevel
 
-    return embedflow.__version__
+    return __version__
 
 
 def _sentiment_available():
-    return all(importlib.util.find_spec(m) is not None for m in ("pipelines.sentiment", "trainer.sentiment"))
+    return all(importlib.util.find_spec(m) is not None for m in ("jobs.sentiment", "trainer.sentiment"))
 
 
 # ------------------------------------------------------------------------- stages
@@ -376,10 +376,10 @@ class Run:
     """One run of the chain under an output root."""
 
     def __init__(self, root, config, name=None, force=False, warm_start_from=None, config_file=None):
-        self.root = root.rstrip("/") if artifacts.is_remote(root) else os.path.abspath(root)
+        self.root = root.rstrip("/") if outputs.is_remote(root) else os.path.abspath(root)
         self.config = config
         self.name = name if name else new_run_name()
-        self.dir = artifacts.join(self.root, RUNS_DIR, self.name)
+        self.dir = outputs.join(self.root, RUNS_DIR, self.name)
         self.force = force
         self.config_file = config_file
         self.records = {}
@@ -389,21 +389,21 @@ class Run:
     # ------------------------------------------------------------------ paths
 
     def stage_dir(self, stage):
-        return artifacts.join(self.dir, STAGE_SPECS[stage].directory)
+        return outputs.join(self.dir, STAGE_SPECS[stage].directory)
 
     def record_path(self, stage, run_dir=None):
-        return artifacts.join(run_dir if run_dir else self.dir, stage + STAGE_RECORD_SUFFIX)
+        return outputs.join(run_dir if run_dir else self.dir, stage + STAGE_RECORD_SUFFIX)
 
     def _resolve_warm_start(self, ref):
         if ref == LATEST_FILE:
             ref = read_latest(self.root)
             if ref is None:
                 raise ValueError(f"--warm-start-from latest: {self.root} has no promoted run yet")
-        run_dir = ref if (artifacts.is_remote(ref) or os.path.isabs(ref) or os.sep in ref) \
-            else artifacts.join(self.root, RUNS_DIR, ref)
-        embeddings = artifacts.join(run_dir, STAGE_SPECS["train"].directory)
+        run_dir = ref if (outputs.is_remote(ref) or os.path.isabs(ref) or os.sep in ref) \
+            else outputs.join(self.root, RUNS_DIR, ref)
+        embeddings = outputs.join(run_dir, STAGE_SPECS["train"].directory)
         try:
-            info = artifacts.require_completed(embeddings, "--warm-start-from", "embedflow run")
+            info = outputs.require_completed(embeddings, "--warm-start-from", "embedflow run")
         except FileNotFoundError as e:
             raise FileNotFoundError(f"--warm-start-from {ref}: no complete embeddings ({e})") from None
         return {"run": ref, "embeddings": embeddings, "completed_at": info.get("completed_at"),
@@ -442,24 +442,24 @@ class Run:
 
     def find_reusable(self, stage, fingerprint):
         """The newest earlier stage output under ROOT with this fingerprint, or None."""
-        pattern = artifacts.join(self.root, RUNS_DIR, "*", stage + STAGE_RECORD_SUFFIX)
+        pattern = outputs.join(self.root, RUNS_DIR, "*", stage + STAGE_RECORD_SUFFIX)
         found = []
         for m in FileSystems.match([pattern])[0].metadata_list:
             try:
-                record = json.loads(artifacts.read_text(m.path))
+                record = json.loads(outputs.read_text(m.path))
             except (ValueError, OSError):
                 continue
             if record.get("fingerprint") != fingerprint:
                 continue
             run_dir = m.path[: -len(stage + STAGE_RECORD_SUFFIX)].rstrip("/")
-            source = artifacts.join(run_dir, STAGE_SPECS[stage].directory)
-            if FileSystems.exists(artifacts.join(source, names.COMPLETED_FILE)):
+            source = outputs.join(run_dir, STAGE_SPECS[stage].directory)
+            if FileSystems.exists(outputs.join(source, names.COMPLETED_FILE)):
                 found.append((os.path.basename(run_dir), source))
         return max(found) if found else None
 
     def _write_record(self, stage, record):
         self.records[stage] = record
-        artifacts.write_text(self.record_path(stage), json.dumps(record, indent=2, sort_keys=True) + "\n")
+        outputs.write_text(self.record_path(stage), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     def _existing_record(self, stage, fingerprint, any_fingerprint=False):
         """This run's own record of `stage` when the stage is complete (a run built in steps).
@@ -472,8 +472,8 @@ class Run:
         path = self.record_path(stage)
         if not FileSystems.exists(path):
             return None
-        record = json.loads(artifacts.read_text(path))
-        complete = FileSystems.exists(artifacts.join(self.stage_dir(stage), names.COMPLETED_FILE))
+        record = json.loads(outputs.read_text(path))
+        complete = FileSystems.exists(outputs.join(self.stage_dir(stage), names.COMPLETED_FILE))
         return record if complete and (any_fingerprint or record.get("fingerprint") == fingerprint) else None
 
     # ------------------------------------------------------------------- run
@@ -512,7 +512,7 @@ class Run:
                 record["warm_start"] = self.warm_start
         else:
             return None  # not selected, not reusable: pending for a later invocation
-        record["completed_at"] = artifacts.utc_now()
+        record["completed_at"] = outputs.utc_now()
         self._write_record(stage, record)
         return record
 
@@ -522,32 +522,35 @@ class Run:
         if stage == "corpus":
             argv = [a for p in i["corpus"] for a in ("--input", p)]
             argv += ["--output", out, "--format", i["corpus_format"]]
-            module = "pipelines.corpus"
+            module = "jobs.corpus"
         elif stage == "train":
             argv = ["--corpus", self.stage_dir("corpus"), "--output", out]
             if self.warm_start:
                 argv += ["--init-from", self.warm_start["embeddings"]]
-            module = "trainer.skipgram"
+            module = "jobs.train"
+        elif stage == "evaluate":
+            argv = ["--embeddings", self.stage_dir("train"), "--output-dir", out]
+            argv += ["--analogies", i["analogies"]] if i["analogies"] else []
+            argv += [a for p in i["similarity"] for a in ("--similarity", p)]
+            argv += [a for w in params.pop("probe_words") for a in ("--probe-word", w)]
+            module = "jobs.evaluate"
         elif stage == "digits":
             argv = [a for p in i["digits"] for a in ("--input", p)]
             argv += [a for p in i["digits_eval"] for a in ("--eval-input", p)]
             argv += ["--format", i["digits_format"], "--output", out]
-            module = "pipelines.digits"
+            module = "jobs.digits"
         elif stage == "sentiment":
             if params["folds"] is not None:
                 params["eval_fraction"] = None  # the job takes one of --folds and --eval-fraction
             argv = [a for p in i["sentiment"] for a in ("--input", p)]
             argv += ["--format", i["sentiment_format"], "--corpus", self.stage_dir("corpus"),
                      "--embeddings", self.stage_dir("train"), "--output", out]
-            module = "pipelines.sentiment"
+            module = "jobs.sentiment"
         else:
             raise ValueError(f"stage {stage} is not a job of its own")
         return module, argv + _flags(params) + params.get("args", []) + params.get("beam_args", [])
 
     def _run_stage_job(self, stage, out):
-        if stage == "evaluate":
-            run_evaluation(self.stage_dir("train"), out, self.config)
-            return
         module, argv = self.job_argv(stage, out)
         importlib.import_module(module).run(argv)
 
@@ -559,72 +562,21 @@ def new_run_name():
 
 def copy_stage(source, target):
     """Copies a complete stage output into `target`, published like any job output."""
-    info = artifacts.read_info(source)
+    info = outputs.read_info(source)
     skip = {names.INFO_FILE, names.COMPLETED_FILE}
-    with artifacts.StagedOutput(target) as out:
-        if not artifacts.is_remote(source) and not artifacts.is_remote(target):
+    with outputs.StagedOutput(target) as out:
+        if not outputs.is_remote(source) and not outputs.is_remote(target):
             shutil.copytree(source, out.path, dirs_exist_ok=True,
                             ignore=lambda d, files: [f for f in files if d == source and f in skip])
         else:
             prefix = source.rstrip("/") + "/"
-            files = [f for f in artifacts.list_files(source)
+            files = [f for f in outputs.list_files(source)
                      if f[len(prefix):] not in skip]
-            FileSystems.copy(files, [artifacts.join(out.path, f[len(prefix):]) for f in files])
+            FileSystems.copy(files, [outputs.join(out.path, f[len(prefix):]) for f in files])
         out.publish(info)
 
 
 # --------------------------------------------------------------------- evaluation
-
-
-def pca_2d(vectors):
-    """Rows projected on their first two principal components."""
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
-    centred = vectors - vectors.mean(axis=0, keepdims=True)
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
-    explained = (s[:2] ** 2 / max(float((s ** 2).sum()), 1e-12)).tolist()
-    return centred @ vt[:2].T, explained
-
-
-def run_evaluation(embeddings_dir, out_dir, config):
-    """The evaluate stage: analogies, similarity, neighbours of probe words, a 2D PCA."""
-    from trainer import evaluate  # pylint: disable=import-outside-toplevel
-
-    e, i = config["evaluate"], config["inputs"]
-    import numpy as np  # pylint: disable=import-outside-toplevel
-
-    vectors = evaluate.load_embeddings(embeddings_dir)
-    bad = int((~np.isfinite(vectors.vectors).all(axis=1)).sum())
-    if bad:
-        raise ValueError(f"{embeddings_dir}: {bad} of {len(vectors)} vectors hold NaN or infinite values: "
-                         "the training diverged (try a lower train.learning_rate or train.batch_size)")
-    with artifacts.StagedOutput(out_dir) as out:
-        metrics = evaluate.evaluate(vectors, i["analogies"], i["similarity"], e["restrict_vocab"])
-        neighbors = {w: vectors.most_similar(w, topn=e["topn"]) for w in e["probe_words"] if w in vectors}
-        missing = [w for w in e["probe_words"] if w not in vectors]
-        n = min(e["pca_words"], len(vectors))
-        coords, explained = pca_2d(vectors.vectors[:n])
-        pca = {"words": vectors.index_to_key[:n], "xy": [[round(float(x), 5), round(float(y), 5)]
-                                                         for x, y in coords],
-               "explained_variance": explained}
-        for name, obj in (("metrics.json", metrics), ("neighbors.json", {"neighbors": neighbors,
-                                                                         "missing": missing}),
-                          ("pca.json", pca)):
-            artifacts.write_text(artifacts.join(out.path, name), json.dumps(obj, indent=2, sort_keys=True) + "\n")
-        out.publish({"job": "evaluate", "inputs": {"embeddings": embeddings_dir,
-                                                  "analogies": i["analogies"], "similarity": i["similarity"]},
-                     "parameters": e, "metrics": summary_of_evaluation(metrics)})
-
-
-def summary_of_evaluation(metrics):
-    summary = {}
-    if "analogies" in metrics:
-        summary["analogy_accuracy"] = metrics["analogies"]["accuracy"]
-        summary["analogy_coverage"] = metrics["analogies"]["coverage"]
-    for name, s in sorted(metrics.get("similarity", {}).items()):
-        if s.get("spearman") is not None:
-            summary.setdefault("similarity_spearman", s["spearman"])
-    return summary
 
 
 # ---------------------------------------------------------------------- promotion
@@ -634,14 +586,14 @@ def collect_metrics(run_dir, records):
     """The metrics the gates read, from the stage outputs of a run."""
     metrics = {}
     if "evaluate" in records:
-        metrics.update(artifacts.read_info(artifacts.join(run_dir, STAGE_SPECS["evaluate"].directory)).get("metrics", {}))
+        metrics.update(outputs.read_info(outputs.join(run_dir, STAGE_SPECS["evaluate"].directory)).get("metrics", {}))
     if "digits" in records:
-        m = json.loads(artifacts.read_text(artifacts.join(run_dir, STAGE_SPECS["digits"].directory, "metrics.json")))
+        m = json.loads(outputs.read_text(outputs.join(run_dir, STAGE_SPECS["digits"].directory, "metrics.json")))
         metrics["digit_accuracy"] = m["accuracy"]
     if "sentiment" in records:
-        path = artifacts.join(run_dir, STAGE_SPECS["sentiment"].directory, "metrics.json")
+        path = outputs.join(run_dir, STAGE_SPECS["sentiment"].directory, "metrics.json")
         if FileSystems.exists(path):
-            m = json.loads(artifacts.read_text(path))
+            m = json.loads(outputs.read_text(path))
             value = m.get("accuracy", m.get("pretrained"))
             if isinstance(value, dict):  # per model; the pretrained-embedding model is the one served
                 value = value.get("pretrained", value.get("accuracy"))
@@ -698,17 +650,17 @@ def check_gates(metrics, gates, latest_metrics=None, skipped=()):
 
 def read_latest(root):
     """The name of the promoted run under `root`, or None."""
-    path = artifacts.join(root, LATEST_FILE)
+    path = outputs.join(root, LATEST_FILE)
     if not FileSystems.exists(path):
         return None
-    return artifacts.read_text(path).strip() or None
+    return outputs.read_text(path).strip() or None
 
 
 def write_latest(root, name):
     """Points `latest` at run `name` atomically."""
-    path = artifacts.join(root, LATEST_FILE)
-    if artifacts.is_remote(root):
-        artifacts.write_text(path, name + "\n")  # a single object write is atomic on GCS
+    path = outputs.join(root, LATEST_FILE)
+    if outputs.is_remote(root):
+        outputs.write_text(path, name + "\n")  # a single object write is atomic on GCS
         return
     temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     with open(temp, "w", encoding="utf-8") as f:
@@ -722,10 +674,10 @@ def latest_metrics(root):
     name = read_latest(root)
     if name is None:
         return None, None
-    path = artifacts.join(root, RUNS_DIR, name, MANIFEST_FILE)
+    path = outputs.join(root, RUNS_DIR, name, MANIFEST_FILE)
     if not FileSystems.exists(path):
         return name, None
-    return name, json.loads(artifacts.read_text(path)).get("metrics")
+    return name, json.loads(outputs.read_text(path)).get("metrics")
 
 
 # ------------------------------------------------------------------------ lineage
@@ -749,16 +701,16 @@ def write_manifest(run, status, started_at, metrics=None, gates=None, promotion=
     commit, dirty = git_commit()
     manifest = {
         "run": run.name, "root": run.root, "status": status, "started_at": started_at,
-        "finished_at": artifacts.utc_now(), "config_file": run.config_file, "config": run.config,
+        "finished_at": outputs.utc_now(), "config_file": run.config_file, "config": run.config,
         "inputs": run.inputs, "stages": run.records,
         "warm_start_from": run.warm_start if run.warm_start else run.records.get("train", {}).get("warm_start"),
         "metrics": metrics if metrics is not None else {}, "gates": gates if gates is not None else [],
         "promotion": promotion, "git": {"commit": commit, "dirty": dirty},
-        "versions": artifacts.library_versions(),
+        "versions": outputs.library_versions(),
     }
     if error:
         manifest["error"] = error
-    artifacts.write_text(artifacts.join(run.dir, MANIFEST_FILE),
+    outputs.write_text(outputs.join(run.dir, MANIFEST_FILE),
                          json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
     return manifest
 
@@ -793,7 +745,7 @@ def parse_args(argv):
     args.stages = steps
     if args.run_name is not None and (not args.run_name or "/" in args.run_name):
         raise ValueError(f"--run-name {args.run_name!r} must be a plain name (no '/')")
-    artifacts.check_output_path(args.output_root, "--output-root")
+    outputs.check_output_path(args.output_root, "--output-root")
     return args
 
 
@@ -820,7 +772,7 @@ def run(argv=None):
         raise ValueError("config inputs.sentiment is empty: name the labelled text, "
                          "or set sentiment.enabled: false")
     run_.prepare(stages)  # input fingerprints: a missing input fails here, before any work
-    started_at = artifacts.utc_now()
+    started_at = outputs.utc_now()
     logging.info("run: %s", run_.dir)
     pending = []
     try:
@@ -860,12 +812,12 @@ def run(argv=None):
     manifest = write_manifest(run_, status, started_at, metrics, gates, promotion)
     if promote and passed:
         write_latest(run_.root, run_.name)  # the last act: only a complete, passing run moves it
-        logging.info("run: %s promoted: %s now names it", run_.name, artifacts.join(run_.root, LATEST_FILE))
+        logging.info("run: %s promoted: %s now names it", run_.name, outputs.join(run_.root, LATEST_FILE))
     elif promote:
         failed = [f"{g['gate']} ({g['metric']} {g['value']} < {g['threshold']:.4f})" for g in gates if not g["passed"]]
         raise GatesFailed(f"run {run_.name} is complete but not promoted, gates failed: {'; '.join(failed)}. "
-                          f"latest still names {previous}. Report: {artifacts.join(run_.dir, 'report.md')}")
-    print(f"embedflow run: {run_.name} {status}; report: {artifacts.join(run_.dir, 'report.md')}")
+                          f"latest still names {previous}. Report: {outputs.join(run_.dir, 'report.md')}")
+    print(f"embedflow run: {run_.name} {status}; report: {outputs.join(run_.dir, 'report.md')}")
     return manifest
 
 

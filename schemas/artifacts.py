@@ -6,3 +6,8 @@ COMPLETED_FILE = "COMPLETED"
 
 # Version of the on-disk layout; bumped when a file changes meaning.
 LAYOUT_VERSION = 1
+
+# Inside a job's staging directory (<output>.partial-<id>) while it runs: the host, pid
+# and start time of the process writing it, so a later run can prove it stale. Removed
+# before the staging directory is published.
+STAGING_OWNER_FILE = ".embedflow-staging.json"

@@ -1,6 +1,6 @@
 """The corpus job's feature specs and artifact names.
 
-The contract itself (what each file holds) is documented in `pipelines/corpus.py`.
+The contract itself (what each file holds) is documented in `jobs/corpus.py`.
 """
 
 import tensorflow as tf
@@ -26,3 +26,6 @@ WINDOWS_PREFIX = "windows"
 WINDOWS_SUFFIX = ".tfrecord"
 VOCAB_FILE = "vocab.tsv"  # token<TAB>count, line i holds token id i
 TRANSFORM_FN_DIR = "transform_fn"  # tft.TFTransformOutput layout (with transformed_metadata)
+
+# The command that writes this output, for messages of the jobs that read it.
+PRODUCER = "embedflow corpus --input GLOB --output DIR"

@@ -1,6 +1,6 @@
 """Artifact names of the embedding trainer's output directory.
 
-The contract itself is documented in `trainer/skipgram.py`.
+The contract itself is documented in `jobs/train.py`.
 """
 
 VECTORS_NPY = "vectors.npy"  # float32 [vocab_size, dim], row i is the word on line i of vocab.txt
@@ -9,7 +9,7 @@ WORD2VEC_TXT = "vectors.word2vec.txt"  # word2vec text format (gensim's load_wor
 PROJECTOR_VECTORS_TSV = "projector/vectors.tsv"  # Embedding Projector: one vector a line
 PROJECTOR_METADATA_TSV = "projector/metadata.tsv"  # Embedding Projector: word<TAB>count
 SAVED_MODEL_DIR = "saved_model"  # raw strings -> token vectors and their mean
-CHECKPOINT_DIR = "checkpoints"  # tf.train.Checkpoint, kept beside (not inside) the output
+CHECKPOINT_SUFFIX = ".checkpoints"  # tf.train.Checkpoint in <output>.checkpoints/, beside the output
 LOGS_DIR = "logs"  # TensorBoard summaries
 METRICS_FILE = "metrics.json"
 
@@ -19,3 +19,6 @@ SERVING_VECTORS = "vectors"  # float32 [batch, max_tokens, dim], zeros at paddin
 SERVING_MASK = "mask"  # bool [batch, max_tokens], true at in-vocabulary tokens
 SERVING_MEAN = "mean"  # float32 [batch, dim], mean over in-vocabulary tokens
 SERVING_TOKEN_IDS = "token_ids"  # int64 [batch, max_tokens], -1 at padding
+
+# The command that writes this output, for messages of the jobs that read it.
+PRODUCER = "embedflow train --corpus DIR --output DIR"

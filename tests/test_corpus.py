@@ -11,7 +11,8 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from embedflow import artifacts
+from core import outputs
+from jobs import corpus as corpus_job
 from pipelines import corpus
 from schemas import corpus as schema
 from tests import fixtures
@@ -25,7 +26,7 @@ def _run(tmp_path, *extra, inputs=None, name="out"):
     for path in inputs:
         argv += ["--input", path]
     out = str(tmp_path / name)
-    corpus.run(argv + ["--output", out, "--num-shards", "2", *extra])
+    corpus_job.run(argv + ["--output", out, "--num-shards", "2", *extra])
     return out
 
 
@@ -90,32 +91,32 @@ def test_window_record_round_trip_through_schema(tmp_path):
 ])
 def test_bad_flags_fail_before_work(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
-        corpus.parse_args(["--input", "x", "--output", str(tmp_path / "o"), flag, value])
+        corpus_job.parse_args(["--input", "x", "--output", str(tmp_path / "o"), flag, value])
 
 
 def test_glob_matching_nothing_names_it(tmp_path):
     pattern = str(tmp_path / "nothing-*.txt")
     with pytest.raises(FileNotFoundError, match="nothing-\\*.txt matches no file"):
-        corpus.match_inputs([pattern])
+        corpus_job.match_inputs([pattern])
 
 
 def test_binary_file_is_refused_by_name(tmp_path):
     good = fixtures.write(str(tmp_path / "good.txt"), "some text\n")
     binary = fixtures.write(str(tmp_path / "image.png"), b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200))
     with pytest.raises(ValueError, match="image.png looks binary"):
-        corpus.match_inputs([good, binary])
+        corpus_job.match_inputs([good, binary])
 
 
 def test_only_empty_files_is_an_error(tmp_path):
     empty = fixtures.write(str(tmp_path / "empty.txt"), "")
     with pytest.raises(ValueError, match="every matched file is empty"):
-        corpus.match_inputs([empty])
+        corpus_job.match_inputs([empty])
 
 
 def test_output_that_is_a_file_is_refused(tmp_path):
     target = fixtures.write(str(tmp_path / "taken"), "x")
     with pytest.raises(ValueError, match="taken is a file"):
-        corpus.parse_args(["--input", "x", "--output", target])
+        corpus_job.parse_args(["--input", "x", "--output", target])
 
 
 # ------------------------------------------------------------------------ PTransforms
@@ -130,7 +131,7 @@ def test_read_corpus_drops_markup_and_empty_lines_and_replaces_bad_utf8(tmp_path
             "Cats", "The cat sat on the mat. The cat's mat!", "Dogs",
             "The dog sat; the dog ran. A dog-cat, the CAT.", "The dog don't... THE DOG",
             "caf\ufffd au lait", "plain"]))
-    counters = corpus._counters(p.result)  # pylint: disable=protected-access
+    counters = corpus_job._counters(p.result)  # pylint: disable=protected-access
     assert counters["lines_skipped_markup"] == 4
     assert counters["lines_invalid_utf8"] == 1
     assert counters["lines_skipped_empty"] == 2
@@ -178,7 +179,7 @@ def test_make_windows_removes_oov_and_counts_pairs():
                    | beam.Map(lambda r: tf.train.Example.FromString(r)
                               .features.feature[schema.TOKEN_IDS_KEY].int64_list.value[:]))
         assert_that(records, equal_to([[0, 1], [2, 0, 1], [2]]))
-    counters = corpus._counters(p.result)  # pylint: disable=protected-access
+    counters = corpus_job._counters(p.result)  # pylint: disable=protected-access
     assert counters["tokens"] == 9 and counters["oov_tokens"] == 3 and counters["windows"] == 6
     # window 1: a run of n ids yields 2(n-1) pairs: 2 + 4 + 0.
     assert counters["pairs_full_window"] == 6
@@ -210,7 +211,7 @@ def test_tiny_corpus_end_to_end_matches_golden_info_and_hand_counts(tmp_path):
         ["the", "dog", "sat", "the", "dog", "dog", "cat", "the", "cat"],
         ["the", "dog", "the", "dog"]])
 
-    info = artifacts.read_info(out)
+    info = outputs.read_info(out)
     with open(GOLDEN, encoding="utf-8") as f:
         golden = json.load(f)
     stable = {k: info[k] for k in golden}
@@ -249,7 +250,7 @@ def test_rerun_replaces_previous_output(tmp_path):
     fixtures.write(stale, "x")
     _run(tmp_path, "--min-count", "2")
     assert not os.path.exists(stale)
-    assert artifacts.read_info(first)["parameters"]["min_count"] == 2
+    assert outputs.read_info(first)["parameters"]["min_count"] == 2
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]
 
 
@@ -260,7 +261,7 @@ def test_bad_lines_are_counted_and_the_rest_is_kept(tmp_path):
                          b"the \xff\xfe cat\n" + b"pad " * 2500 + b"\nnul \x00 inside\n")
     empty = fixtures.write(str(tmp_path / "in" / "empty.txt"), "")
     out = _run(tmp_path, "--min-count", "1", "--max-line-chars", "100", inputs=[text, bad, empty])
-    counts = artifacts.read_info(out)["counts"]
+    counts = outputs.read_info(out)["counts"]
     assert counts["lines_invalid_utf8"] == 1
     assert counts["lines_skipped_binary"] == 1
     assert counts["lines_skipped_too_long"] == 1
@@ -276,7 +277,7 @@ def test_fifty_megabyte_line_without_newline_is_skipped_and_counted(tmp_path):
         for _ in range(50):
             f.write(chunk)
     out = _run(tmp_path, "--min-count", "1", inputs=[path])
-    counts = artifacts.read_info(out)["counts"]
+    counts = outputs.read_info(out)["counts"]
     assert counts["lines_skipped_too_long"] == 1
     assert dict(fixtures.read_vocab(out)) == {"the": 1, "cat": 1, "sat": 1}
 
@@ -293,4 +294,4 @@ def test_later_jobs_refuse_a_directory_without_completed(tmp_path):
     out = _run(tmp_path, "--min-count", "2")
     os.remove(os.path.join(out, "COMPLETED"))
     with pytest.raises(FileNotFoundError, match="no COMPLETED marker"):
-        artifacts.require_completed(out, "--corpus", corpus.PRODUCER)
+        outputs.require_completed(out, "--corpus", schema.PRODUCER)

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from embedflow import artifacts
-from pipelines import corpus
+from core import outputs
+from jobs import corpus as corpus_job
 from tests import fixtures
 from tests.gcs import gcs  # noqa: F401  pylint: disable=unused-import  (pytest fixture)
 
@@ -25,9 +25,9 @@ def test_gcs_input_gives_the_same_output_as_local_copies(gcs, tmp_path):  # pyli
     with open(local[1], "rb") as f:
         assert gcs.download("corpus/b.txt.gz") == f.read()  # stored gzipped, as uploaded
 
-    from_local = corpus.run(["--input", str(tmp_path / "in" / "*"),
+    from_local = corpus_job.run(["--input", str(tmp_path / "in" / "*"),
                              "--output", str(tmp_path / "from-local"), *JOB_FLAGS])
-    from_gcs = corpus.run(["--input", gcs.url("corpus/*"),
+    from_gcs = corpus_job.run(["--input", gcs.url("corpus/*"),
                            "--output", str(tmp_path / "from-gcs"), *JOB_FLAGS])
 
     vocab = fixtures.read_vocab(from_gcs)
@@ -36,7 +36,7 @@ def test_gcs_input_gives_the_same_output_as_local_copies(gcs, tmp_path):  # pyli
     assert dict(vocab) == {t: 2 * c for t, c in fixtures.TINY_COUNTS.items()}
     assert sorted(fixtures.read_windows(from_gcs)) == sorted(fixtures.read_windows(from_local))
 
-    gcs_info, local_info = artifacts.read_info(from_gcs), artifacts.read_info(from_local)
+    gcs_info, local_info = outputs.read_info(from_gcs), outputs.read_info(from_local)
     assert gcs_info["counts"] == local_info["counts"]
     assert gcs_info["counts"]["lines_skipped_markup"] == 8  # both files read, the .gz one decompressed
     assert [(f["path"], f["size"]) for f in gcs_info["inputs"]["files"]] == [
@@ -55,5 +55,5 @@ def test_gcs_input_gives_the_same_output_as_local_copies(gcs, tmp_path):  # pyli
 def test_gcs_glob_matching_nothing_names_it(gcs, tmp_path, pattern, reason):  # pylint: disable=redefined-outer-name
     gcs.upload("corpus/a.txt", fixtures.TINY_WIKI)
     with pytest.raises(FileNotFoundError, match=f"--input {pattern.replace('*', '[*]')}:? {reason}"):
-        corpus.run(["--input", pattern, "--output", str(tmp_path / "out"), *JOB_FLAGS])
+        corpus_job.run(["--input", pattern, "--output", str(tmp_path / "out"), *JOB_FLAGS])
     assert not os.listdir(tmp_path)  # failed before any work: no output, no staging directory

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from apache_beam.testing import test_pipeline
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
 
 from embedflow import cli
+from jobs import digits as digits_job
 from pipelines import digits
 from schemas import artifacts as artifact_names
 from schemas import digits as schema
@@ -352,7 +353,7 @@ def test_pipeline_reads_every_format_and_writes_examples(tmp_path):
     sources = (digits.list_sources([str(tmp_path / "in")], "optdigits", schema.TRAIN, "--input")[0]
                + digits.list_sources([str(tmp_path / "mnist")], "mnist", schema.TRAIN, "--input")[0]
                + digits.list_sources([str(tmp_path / "png")], "png", schema.EVAL, "--eval-input")[0])
-    args, _ = digits.parse_args(["--input", "unused", "--format", "png", "--output", "unused",
+    args, _ = digits_job.parse_args(["--input", "unused", "--format", "png", "--output", "unused",
                                  "--eval-input", "unused", "--num-shards", "2"])
     examples_dir = str(tmp_path / "examples")
     with test_pipeline.TestPipeline(runner="FnApiRunner") as p:
@@ -363,20 +364,20 @@ def test_pipeline_reads_every_format_and_writes_examples(tmp_path):
             ("train", 1, bitmaps[0].sum()), ("train", 2, bitmaps[1].sum()),
             ("train", 4, mnist[0].sum() / 255), ("train", 5, mnist[1].sum() / 255),
             ("eval", 6, png.sum() / 255)]), label="CheckRead")
-        digits.build(p, args, sources, examples_dir)
-    counts = digits._counters(p.result)  # pylint: disable=protected-access
+        digits_job.build(p, args, sources, examples_dir)
+    counts = digits_job._counters(p.result)  # pylint: disable=protected-access
     assert counts["skipped_label_out_of_range"] == 2  # once per pipeline branch
     assert counts["skipped_unreadable"] == 2
     assert counts["examples_train"] == 4 and counts["examples_eval"] == 1
 
-    train_files = digits.example_files(examples_dir, schema.TRAIN)
+    train_files = digits_job.example_files(examples_dir, schema.TRAIN)
     assert [os.path.basename(f) for f in train_files] == [
         f"train-0000{i}-of-00002{schema.EXAMPLES_SUFFIX}" for i in range(2)]
     train = sorted(_read_examples(train_files), key=lambda e: e[1])
     assert [label for _, label in train] == [1, 2, 4, 5]
     np.testing.assert_array_equal(train[0][0], bitmaps[0].reshape(-1))
     np.testing.assert_allclose(train[2][0].reshape(32, 32)[2:30, 2:30], mnist[0] / 255.0, rtol=1e-6)
-    (image, label), = _read_examples(digits.example_files(examples_dir, schema.EVAL))
+    (image, label), = _read_examples(digits_job.example_files(examples_dir, schema.EVAL))
     assert label == 6
     np.testing.assert_allclose(image, png.reshape(-1) / 255.0, rtol=1e-6)
 
@@ -385,7 +386,7 @@ def test_pipeline_reads_every_format_and_writes_examples(tmp_path):
 
 
 def _run_cli(argv):
-    return cli.run_job("digits", digits.run, argv)
+    return cli.run_job("digits", digits_job.run, argv)
 
 
 def test_bad_layers_fail_before_any_work(tmp_path, capsys):
@@ -411,7 +412,7 @@ def test_empty_eval_split_leaves_no_output(tmp_path, capsys):
 def test_end_to_end_train_then_serve_from_the_saved_model_alone(tmp_path, capsys):
     out = str(tmp_path / "digits")
     test_file = os.path.join(SAMPLE, "optdigits-orig.tes.gz")
-    digits.run(["--input", os.path.join(SAMPLE, "optdigits-orig.tra.gz"), "--eval-input", test_file,
+    digits_job.run(["--input", os.path.join(SAMPLE, "optdigits-orig.tra.gz"), "--eval-input", test_file,
                 "--format", "optdigits", "--output", out, "--layers", "1024-64-10",
                 "--epochs", "12", "--batch-size", "32", "--patience", "2", "--seed", "1"])
     printed = capsys.readouterr().out

@@ -10,7 +10,7 @@ import tensorflow as tf
 from tests.test_trainer import _topic_precision, _train, topic_corpus  # noqa: F401 (fixture)
 from trainer import kernels, skipgram
 from trainer.vectors import WordVectors
-from embedflow import artifacts
+from core import outputs
 
 
 def test_alias_table_draws_exactly_the_given_distribution():
@@ -114,7 +114,7 @@ def test_fused_step_leaves_earlier_reads_untouched_and_refuses_bad_ids():
 def test_training_with_each_kernel_learns_the_topics(tmp_path, topic_corpus):  # noqa: F811
     for kernel in ("fused", "tf"):
         out = _train(topic_corpus, str(tmp_path / kernel), "--kernel", kernel)
-        info = artifacts.read_info(out)
+        info = outputs.read_info(out)
         assert info["training"]["kernel"] == kernel
         assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
         assert _topic_precision(WordVectors.load(out)) >= 0.9, kernel

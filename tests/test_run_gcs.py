@@ -8,25 +8,25 @@ own gs:// filesystem reaching the emulator through the TLS proxy of tests/gcs_tl
 
 import json
 
-from embedflow import artifacts
+from core import outputs
 from embedflow import report
 from embedflow import run as chain_run
 from tests.gcs import gcs  # noqa: F401  pylint: disable=unused-import  (pytest fixture)
 
 
 def _publish(directory, files, info):
-    with artifacts.StagedOutput(directory) as out:
+    with outputs.StagedOutput(directory) as out:
         for name, text in files.items():
-            artifacts.write_text(artifacts.join(out.path, name), text)
+            outputs.write_text(outputs.join(out.path, name), text)
         out.publish(info)
 
 
 def test_reuse_latest_and_report_on_gcs(gcs):  # pylint: disable=redefined-outer-name
     root = gcs.url("root")
-    first = artifacts.join(root, "runs", "20260101T000000Z-aaaaaa")
-    _publish(artifacts.join(first, "corpus"), {"vocab.tsv": "the\t3\n", "windows/w-0.tfrecord": "x"},
+    first = outputs.join(root, "runs", "20260101T000000Z-aaaaaa")
+    _publish(outputs.join(first, "corpus"), {"vocab.tsv": "the\t3\n", "windows/w-0.tfrecord": "x"},
              {"job": "corpus", "vocab_size": 1})
-    artifacts.write_text(artifacts.join(first, "corpus" + chain_run.STAGE_RECORD_SUFFIX),
+    outputs.write_text(outputs.join(first, "corpus" + chain_run.STAGE_RECORD_SUFFIX),
                          json.dumps({"stage": "corpus", "fingerprint": "f" * 64, "status": "ran"}))
 
     new = chain_run.Run(root, chain_run.load_config(), name="20260102T000000Z-bbbbbb")
@@ -37,14 +37,14 @@ def test_reuse_latest_and_report_on_gcs(gcs):  # pylint: disable=redefined-outer
     copied = sorted(n for n in gcs.list("root/runs/20260102T000000Z-bbbbbb/"))
     assert copied == [f"root/runs/20260102T000000Z-bbbbbb/corpus/{n}"
                       for n in ("COMPLETED", "info.json", "vocab.tsv", "windows/w-0.tfrecord")]
-    assert artifacts.read_info(new.stage_dir("corpus"))["vocab_size"] == 1
+    assert outputs.read_info(new.stage_dir("corpus"))["vocab_size"] == 1
     assert not [n for n in gcs.list("root/") if ".partial-" in n]  # staging gone
 
     assert chain_run.read_latest(root) is None
     chain_run.write_latest(root, new.name)
     assert chain_run.read_latest(root) == new.name and gcs.download("root/latest") == new.name.encode() + b"\n"
 
-    artifacts.write_text(artifacts.join(new.dir, "evaluation", "pca.json"), json.dumps(
+    outputs.write_text(outputs.join(new.dir, "evaluation", "pca.json"), json.dumps(
         {"words": ["a", "b", "c"], "xy": [[0, 1], [1, 0], [0.5, 0.5]], "explained_variance": [0.6, 0.3]}))
     report.write_report(new.dir, {"run": new.name, "stages": {}, "metrics": {"digit_accuracy": 0.9},
                                   "gates": [], "promotion": {"passed": True, "promoted": True},

@@ -14,14 +14,15 @@ import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from embedflow import artifacts, cli
-from pipelines import corpus as corpus_job
+from embedflow import cli
+from jobs import corpus as corpus_job
+from jobs import sentiment as sentiment_job
 from pipelines import sentiment as job
 from schemas import artifacts as artifact_names
 from schemas import sentiment as schema
 from tests import fixtures
 from trainer import sentiment as trainer
-from trainer import skipgram
+from jobs import train as train_job
 from trainer.vectors import WordVectors
 
 LABELS = ("neg", "pos")
@@ -38,7 +39,7 @@ def topic_embeddings(tmp_path_factory):
     text = fixtures.write(str(root / "in" / "topics.txt"), fixtures.topic_corpus())
     corpus_dir = corpus_job.run(["--input", text, "--output", str(root / "corpus"),
                                  "--min-count", "1", "--num-shards", "2"])
-    embeddings_dir = skipgram.run(["--corpus", corpus_dir, "--output", str(root / "embeddings"),
+    embeddings_dir = train_job.run(["--corpus", corpus_dir, "--output", str(root / "embeddings"),
                                    "--dim", "32", "--epochs", "3", "--batch-size", "512"])
     return corpus_dir, embeddings_dir
 
@@ -168,7 +169,7 @@ def test_bad_flags_fail_before_work(tmp_path, flags, message):
     argv = ["--input", "x.tsv", "--format", "tsv", "--corpus", "c", "--embeddings", "e",
             "--output", str(tmp_path / "out"), *flags]
     with pytest.raises(ValueError, match=message):
-        args, _ = job.parse_args(argv)
+        args, _ = sentiment_job.parse_args(argv)
         trainer.config_from_args(args)
     assert os.listdir(tmp_path) == []
 
@@ -186,7 +187,7 @@ def test_beam_job_ids_are_the_corpus_transform_ids(tmp_path, topic_embeddings):
     sources = (job.list_sources([str(tmp_path / "in" / "a.tsv")], "tsv", schema.TRAIN, "--input", LABELS)[0]
                + job.list_sources([str(tmp_path / "in" / "b.csv")], "csv", schema.TRAIN, "--input", LABELS)[0]
                + job.list_sources([str(tmp_path / "docs")], "folders", schema.EVAL, "--eval-input", LABELS)[0])
-    args, _ = job.parse_args(["--input", "unused", "--format", "tsv", "--corpus", corpus_dir,
+    args, _ = sentiment_job.parse_args(["--input", "unused", "--format", "tsv", "--corpus", corpus_dir,
                               "--embeddings", "unused", "--output", str(tmp_path / "unused"),
                               "--eval-input", "unused", "--num-shards", "1"])
     examples_dir = str(tmp_path / "examples")
@@ -204,21 +205,21 @@ def test_beam_job_ids_are_the_corpus_transform_ids(tmp_path, topic_embeddings):
                         ("eval", 1, expected_ids(corpus_dir, ["horse", "and", "goat"]),
                          job.text_hash("Horse\nand\ngoat")),
                     ]), label="CheckIds")
-        job.build(p, args, sources, examples_dir)
-    counts = job.counters(p.result)
+        sentiment_job.build(p, args, sources, examples_dir)
+    counts = sentiment_job.counters(p.result)
     # Every counter counts twice: the check and the job read the same sources.
     assert counts["skipped_no_tokens"] == 2 and counts["skipped_unknown_label"] == 2
     assert counts["skipped_undecodable"] == 2
     assert counts["examples_train"] == 6 and counts["examples_eval"] == 2
     assert counts["oov_tokens"] == 2 * 3 and counts["tokens"] == 2 * 13  # sat, on, zebra
 
-    train = trainer.load_examples(job.example_files(examples_dir, schema.TRAIN))
+    train = trainer.load_examples(sentiment_job.example_files(examples_dir, schema.TRAIN))
     got = sorted(zip(train.labels.tolist(), [i.tolist() for i in train.ids], train.keys.tolist()))
     assert got == sorted([(1, expected_ids(corpus_dir, ["the", "cat", "sat", "on", "zebra"]),
                            job.text_hash("The CAT, sat-on ZEBRA!")),
                           (0, expected_ids(corpus_dir, ["hammer", "axe"]), job.text_hash("hammer... axe")),
                           (1, expected_ids(corpus_dir, ["red", "and", "blue"]), job.text_hash("red and blue"))])
-    assert len(trainer.load_examples(job.example_files(examples_dir, schema.EVAL))) == 1
+    assert len(trainer.load_examples(sentiment_job.example_files(examples_dir, schema.EVAL))) == 1
 
 
 # ------------------------------------------------------------------------ model pieces
@@ -300,7 +301,7 @@ def test_folds_validation_and_curve_subsets_are_deterministic_hashes():
 
 
 def _run_cli(argv):
-    return cli.run_job("sentiment", job.run, argv)
+    return cli.run_job("sentiment", sentiment_job.run, argv)
 
 
 def test_inputs_are_checked_before_any_work(tmp_path, topic_embeddings, capsys):
@@ -356,7 +357,7 @@ def test_end_to_end_pretrained_beats_scratch_then_serve_from_saved_model_alone(
     eval_rows = labelled(topic_texts({1: POSITIVE[4:], 0: NEGATIVE[4:]}, 40, seed=2))
     evaluate = write_tsv(tmp_path / "in" / "eval.tsv", eval_rows)
     out = str(tmp_path / "out")
-    job.run(["--input", train, "--eval-input", evaluate, "--format", "tsv", "--corpus", corpus_dir,
+    sentiment_job.run(["--input", train, "--eval-input", evaluate, "--format", "tsv", "--corpus", corpus_dir,
              "--embeddings", embeddings_dir, "--output", out, "--compare-scratch", "--curve-sizes",
              "none", "--hidden", "16", "--epochs", "12", "--batch-size", "16", "--min-epoch-batches", "1",
              "--seed", "1"])

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from embedflow import artifacts
-from pipelines import corpus as corpus_job
+from core import outputs
+from jobs import corpus as corpus_job
+from jobs import train as train_job
 from schemas import embeddings as schema
 from tests import fixtures
 from trainer import evaluate, skipgram
@@ -31,7 +32,7 @@ def topic_corpus(tmp_path_factory):
 
 
 def _train(corpus_dir, out, *extra):
-    return skipgram.run(["--corpus", corpus_dir, "--output", out, "--dim", "32", "--epochs", "3",
+    return train_job.run(["--corpus", corpus_dir, "--output", out, "--dim", "32", "--epochs", "3",
                          "--batch-size", "512", *extra])
 
 
@@ -157,7 +158,7 @@ def test_epochs_draw_differently_and_reproducibly(topic_corpus):
 ])
 def test_bad_flags_fail_before_work(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message):
-        skipgram.parse_args(["--corpus", "c", "--output", str(tmp_path / "o"), flag, value])
+        train_job.parse_args(["--corpus", "c", "--output", str(tmp_path / "o"), flag, value])
 
 
 def test_corpus_without_completed_is_refused(tmp_path, topic_corpus):
@@ -177,7 +178,7 @@ def test_train_export_and_serve_from_saved_model_alone(tmp_path, topic_corpus):
     out = _train(corpus_copy, str(tmp_path / "emb"))
     vectors = WordVectors.load(out)
     assert _topic_precision(vectors) >= 0.9
-    info = artifacts.read_info(out)
+    info = outputs.read_info(out)
     assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
     assert not os.path.exists(out + ".checkpoints")  # removed once complete
 
@@ -224,7 +225,7 @@ def test_killed_run_resumes_from_checkpoint(tmp_path, topic_corpus):
 
     log = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, check=True).stderr
     assert f"resumed from {ckpt_dir}/ckpt-{killed_at}" in log
-    info = artifacts.read_info(out)
+    info = outputs.read_info(out)
     # The resumed process trained only what was left: the total is one full run.
     assert info["training"]["words"] < 40 * 18000
     vectors = WordVectors.load(out)
@@ -294,8 +295,8 @@ import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from trainer import skipgram
-skipgram.run(sys.argv[1:])
+from jobs import train as train_job
+train_job.run(sys.argv[1:])
 """
 
 
@@ -305,7 +306,7 @@ def test_mirrored_strategy_over_two_replicas(tmp_path, topic_corpus):
     subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, "--corpus", topic_corpus, "--output", out,
                     "--strategy", "mirrored", "--dim", "32", "--epochs", "3", "--batch-size", "512"],
                    cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True, capture_output=True)
-    info = artifacts.read_info(out)
+    info = outputs.read_info(out)
     assert info["training"]["replicas"] == 2
     assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
     assert _topic_precision(WordVectors.load(out)) >= 0.9
@@ -338,7 +339,7 @@ def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
             p.kill()
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "the chief writes" in logs[1]
-    info = artifacts.read_info(out)
+    info = outputs.read_info(out)
     assert info["training"]["replicas"] == 2
     # Each worker read half the shards; the all-reduced count is one pass over the corpus.
     assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)

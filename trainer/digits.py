@@ -19,7 +19,7 @@ import keras  # Keras 3, explicitly: tf.keras may be Keras 2 (see TF_USE_LEGACY_
 import numpy as np
 import tensorflow as tf
 
-from embedflow import artifacts
+from core import outputs, plots
 from schemas import digits as schema
 from trainer import common
 
@@ -238,7 +238,7 @@ def train(config, *, train_files, eval_files, train_count, eval_count, output_di
           f"{train_metrics['accuracy']:.4f}, eval accuracy {eval_metrics['accuracy']:.4f}, "
           f"gap {gap:+.4f}", flush=True)
 
-    export_model(model, artifacts.join(output_dir, schema.MODEL_DIR))
+    export_model(model, outputs.join(output_dir, schema.MODEL_DIR))
     metrics = {
         **eval_metrics,
         "split": schema.EVAL,
@@ -250,12 +250,12 @@ def train(config, *, train_files, eval_files, train_count, eval_count, output_di
         "history": history,
         "class_names": list(range(schema.NUM_CLASSES)),
     }
-    common.write_json(artifacts.join(output_dir, schema.METRICS_FILE), metrics)
-    common.plot_confusion_matrix(
+    outputs.write_json(outputs.join(output_dir, schema.METRICS_FILE), metrics)
+    plots.plot_confusion_matrix(
         eval_metrics["confusion_matrix"], range(schema.NUM_CLASSES),
-        artifacts.join(output_dir, schema.CONFUSION_MATRIX_PLOT),
+        outputs.join(output_dir, schema.CONFUSION_MATRIX_PLOT),
         title=f"{config.layers}: eval confusion matrix (accuracy {eval_metrics['accuracy']:.4f})")
-    common.plot_learning_curves(history, artifacts.join(output_dir, schema.LEARNING_CURVES_PLOT),
+    plots.plot_learning_curves(history, outputs.join(output_dir, schema.LEARNING_CURVES_PLOT),
                                 best_epoch=best_epoch, title=f"{config.layers}: learning curves")
     return {
         "layers": config.layers,

@@ -12,16 +12,12 @@ tabs or spaces; "#" lines are comments): Spearman's rank correlation between hum
 scores and cosines, over the pairs whose words are both in the vocabulary.
 """
 
-import argparse
-import json
 import os
-import sys
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from embedflow import artifacts
-from schemas import embeddings as schema
+from core import outputs
 from trainer.vectors import WordVectors
 
 PRODUCER = "embedflow train --corpus DIR --output DIR"
@@ -137,7 +133,7 @@ def similarity_spearman(vectors, pairs):
 
 
 def load_embeddings(directory):
-    artifacts.require_completed(directory, "--embeddings", PRODUCER)
+    outputs.require_completed(directory, "--embeddings", PRODUCER)
     return WordVectors.load(directory)
 
 
@@ -152,66 +148,3 @@ def evaluate(vectors, analogies=None, similarity=(), restrict_vocab=30000):
     return result
 
 
-def run(argv=None):
-    parser = argparse.ArgumentParser(prog="embedflow evaluate", description="Evaluate word vectors.")
-    parser.add_argument("--embeddings", required=True, metavar="DIR", help="embedflow train output")
-    parser.add_argument("--analogies", default=None, metavar="FILE", help="questions-words format")
-    parser.add_argument("--similarity", action="append", default=[], metavar="FILE",
-                        help="WordSim-353 format (repeatable)")
-    parser.add_argument("--restrict-vocab", type=int, default=30000)
-    parser.add_argument("--output", default=None, metavar="FILE", help="also write the JSON here")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args(argv)
-    if not args.analogies and not args.similarity:
-        raise ValueError("give --analogies FILE and/or --similarity FILE")
-    if args.restrict_vocab < 1:
-        raise ValueError(f"--restrict-vocab must be >= 1, got {args.restrict_vocab}")
-    result = evaluate(load_embeddings(args.embeddings), args.analogies, args.similarity, args.restrict_vocab)
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.output:
-        artifacts.write_text(args.output, text + "\n")
-    if args.json:
-        print(text)
-    else:
-        print(format_report(result))
-    return result
-
-
-def format_report(result):
-    lines = []
-    if "analogies" in result:
-        a = result["analogies"]
-        lines.append(f"analogies: {a['accuracy']:.2%} ({a['correct']}/{a['answered']}, "
-                     f"coverage {a['coverage']:.1%} of {a['questions']}, top {a['restrict_vocab']} words)")
-        for name, s in a["sections"].items():
-            acc = "-" if s["accuracy"] is None else f"{s['accuracy']:.2%}"
-            lines.append(f"  {name:<32} {acc:>8}  ({s['correct']}/{s['total']} of {s['questions']})")
-    for name, s in result.get("similarity", {}).items():
-        rho = "-" if s["spearman"] is None else f"{s['spearman']:.3f}"
-        lines.append(f"similarity {name}: spearman {rho} over {s['covered']}/{s['pairs']} pairs")
-    return "\n".join(lines)
-
-
-def run_neighbors(argv=None):
-    parser = argparse.ArgumentParser(prog="embedflow neighbors", description="Nearest neighbours by cosine.")
-    parser.add_argument("--embeddings", required=True, metavar="DIR")
-    parser.add_argument("--topn", type=int, default=10)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("words", nargs="+", metavar="WORD")
-    args = parser.parse_args(argv)
-    if args.topn < 1:
-        raise ValueError(f"--topn must be >= 1, got {args.topn}")
-    vectors = load_embeddings(args.embeddings)
-    result = {}
-    for word in args.words:
-        try:
-            result[word] = vectors.most_similar(word.lower(), topn=args.topn)
-        except KeyError as e:
-            raise ValueError(str(e.args[0])) from None
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for word, near in result.items():
-            print(f"{word}: " + ", ".join(f"{w} ({s:.3f})" for w, s in near))
-    sys.stdout.flush()
-    return result

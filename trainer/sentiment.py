@@ -42,8 +42,7 @@ import keras  # Keras 3, explicitly: tf.keras may be Keras 2 (see TF_USE_LEGACY_
 import numpy as np
 import tensorflow as tf
 
-from embedflow import artifacts
-from schemas import corpus as corpus_schema
+from core import outputs, plots, tokens
 from schemas import embeddings as embeddings_schema
 from schemas import sentiment as schema
 from trainer import common
@@ -181,7 +180,7 @@ def make_dataset(examples, *, batch_size, shuffle_seed=None, repeat=False):
 
 def load_vectors(embeddings_dir, vocab_size):
     """The trained vectors, float32 [vocab_size, dim]; row i is corpus id i."""
-    path = artifacts.join(embeddings_dir, embeddings_schema.VECTORS_NPY)
+    path = outputs.join(embeddings_dir, embeddings_schema.VECTORS_NPY)
     with tf.io.gfile.GFile(path, "rb") as f:
         vectors = np.load(f)
     if vectors.ndim != 2 or vectors.shape[0] != vocab_size:
@@ -463,7 +462,7 @@ def plot_size_curve(curve, path, title):
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
-    common._save_figure(figure, path)  # pylint: disable=protected-access
+    plots.save_figure(figure, path)
 
 
 def export_model(model, corpus_dir, labels, path):
@@ -477,18 +476,14 @@ class SentimentServer(tf.Module):
 
     def __init__(self, corpus_dir, model, labels):
         super().__init__()
-        import tensorflow_transform as tft  # pylint: disable=import-outside-toplevel
-
-        self.tft_layer = tft.TFTransformOutput(corpus_dir).transform_features_layer()
+        self.tft_layer, _ = tokens.transform_layer(corpus_dir)
         self.model = model
         self.class_names = tf.constant(list(labels))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.SERVING_INPUT)])
     def serve(self, text):
-        ids = self.tft_layer({corpus_schema.TEXT_KEY: text})[corpus_schema.TOKEN_IDS_KEY]
-        if isinstance(ids, tf.SparseTensor):
-            ids = tf.RaggedTensor.from_sparse(ids)
-        padded = ids.to_tensor(default_value=-1)  # [batch, 0] when no text has a token: zeros
+        # [batch, 0] when no text has a token: zeros
+        padded = tokens.ragged_ids(self.tft_layer, text).to_tensor(default_value=-1)
         outputs = self.model(padded, training=False)
         if outputs.shape[-1] == 1:
             outputs = tf.concat([1 - outputs, outputs], axis=1)
@@ -570,7 +565,7 @@ def train(config, *, examples, eval_examples, folds, eval_fraction, vectors, cor
         kept_model, kept_history, kept_best, _, _ = fit(
             config, pool, vectors=vectors, pretrained=True, num_classes=num_classes,
             seed_parts=("all",))
-    export_model(kept_model, corpus_dir, labels, artifacts.join(output_dir, schema.MODEL_DIR))
+    export_model(kept_model, corpus_dir, labels, outputs.join(output_dir, schema.MODEL_DIR))
 
     truth = pool.labels[tested]
     results = {}
@@ -603,18 +598,18 @@ def train(config, *, examples, eval_examples, folds, eval_fraction, vectors, cor
                            "best_epoch": kept_best + 1, "epochs_run": len(kept_history["loss"]),
                            "history": kept_history},
     }
-    common.write_json(artifacts.join(output_dir, schema.METRICS_FILE), metrics)
+    outputs.write_json(outputs.join(output_dir, schema.METRICS_FILE), metrics)
     summary = f"accuracy {headline['mean']:.4f} +- {headline['std']:.4f} ({description})"
     if SCRATCH in results:
         summary += f"; scratch {results[SCRATCH]['split_accuracy']['mean']:.4f}"
     print(f"sentiment: {summary}", flush=True)
-    plot_size_curve(curve, artifacts.join(output_dir, schema.SIZE_CURVE_PLOT),
+    plot_size_curve(curve, outputs.join(output_dir, schema.SIZE_CURVE_PLOT),
                     title=f"Accuracy against training-set size ({description})")
-    common.plot_learning_curves(kept_history, artifacts.join(output_dir, schema.TRAINING_CURVES_PLOT),
+    plots.plot_learning_curves(kept_history, outputs.join(output_dir, schema.TRAINING_CURVES_PLOT),
                                 best_epoch=kept_best, title="Exported model: learning curves")
-    common.plot_confusion_matrix(
+    plots.plot_confusion_matrix(
         results[PRETRAINED]["confusion_matrix"], labels,
-        artifacts.join(output_dir, schema.CONFUSION_MATRIX_PLOT),
+        outputs.join(output_dir, schema.CONFUSION_MATRIX_PLOT),
         title=f"Pretrained, pooled over {description}: accuracy {results[PRETRAINED]['accuracy']:.4f}")
     return {
         "evaluation": description,

@@ -1,8 +1,6 @@
-"""Embedding trainer: skip-gram with negative sampling, under tf.distribute.
+"""Skip-gram with negative sampling under tf.distribute: data, model, loop, exports.
 
-    embedflow train --corpus DIR --output DIR [--dim 100] [--epochs 5] [--negatives 5]
-        [--learning-rate 0.025] [--batch-size N] [--strategy auto|cpu|mirrored|multiworker|tpu]
-        [--tpu ADDRESS] [--seed N]
+The job that runs it (flags, the output contract) is `jobs/train.py`.
 
 Input: a corpus job output directory (refused without COMPLETED). Its window records
 are runs of token ids; for every epoch this trainer draws, in `tf.data`:
@@ -31,35 +29,20 @@ processed, from --learning-rate to 1e-4 of it, as word2vec does. Two kernels (--
     the expected gradient of word2vec's per-pair sampling). Gradients are computed in
     closed form and applied as sparse scatter updates, summed over the batch; with
     several replicas the dense sums are all-reduced so every replica applies all of them.
-
-Output directory (published only when complete):
-    vectors.npy, vocab.txt          rows of W and the vocabulary (word<TAB>count)
-    vectors.word2vec.txt            word2vec text format (gensim load_word2vec_format)
-    projector/vectors.tsv, projector/metadata.tsv   Embedding Projector
-    saved_model/                    raw strings -> token vectors, mask, mean; the corpus
-                                    job's transform_fn is inside, so it tokenizes alone
-    logs/                           TensorBoard summaries (loss, learning rate, words/s)
-    info.json, COMPLETED
-Checkpoints live in OUTPUT.checkpoints/ (beside the output): a run started again with
-the same command continues from the last one.
 """
 
-import argparse
 import dataclasses
-import json
 import logging
-import math
 import os
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from embedflow import artifacts
+from core import outputs, tokens
 from schemas import corpus as corpus_schema
 from schemas import embeddings as schema
 
-PRODUCER = "embedflow train --corpus DIR --output DIR"
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
 KERNELS = ("auto", "fused", "tf")
 DEFAULT_BATCH = {"fused": 16384, "tf": 1024}  # centre tokens per step, by kernel
@@ -112,8 +95,8 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
-        artifacts.check_output_path(self.output)
-        artifacts.check_not_an_input(self.output, "--output", [self.corpus, self.init_from])
+        outputs.check_output_path(self.output)
+        outputs.check_not_an_input(self.output, "--output", [self.corpus, self.init_from])
 
 
 # ------------------------------------------------------------------------ corpus
@@ -137,12 +120,12 @@ class Corpus:
 
 
 def load_corpus(directory):
-    info = artifacts.require_completed(directory, "--corpus", "embedflow corpus --input GLOB --output DIR")
+    info = outputs.require_completed(directory, "--corpus", "embedflow corpus --input GLOB --output DIR")
     if info.get("job") != "corpus":
         raise ValueError(f"--corpus {directory} is the output of `{info.get('job')}`, not of the corpus job")
-    text = artifacts.read_text(artifacts.join(directory, corpus_schema.VOCAB_FILE))
+    text = outputs.read_text(outputs.join(directory, corpus_schema.VOCAB_FILE))
     rows = [line.split("\t") for line in text.splitlines()]
-    files = sorted(tf.io.gfile.glob(artifacts.join(directory, corpus_schema.WINDOWS_DIR, "*")))
+    files = sorted(tf.io.gfile.glob(outputs.join(directory, corpus_schema.WINDOWS_DIR, "*")))
     if not files:
         raise FileNotFoundError(f"--corpus {directory} holds no window files")
     return Corpus(directory, [r[0] for r in rows], np.array([int(r[1]) for r in rows], dtype=np.int64),
@@ -381,7 +364,7 @@ def warm_start(model, vocab, directory):
     """
     from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
 
-    artifacts.require_completed(directory, "--init-from", PRODUCER)
+    outputs.require_completed(directory, "--init-from", schema.PRODUCER)
     old = WordVectors.load(directory)
     init = model.inputs.numpy()
     if old.dim != init.shape[1]:
@@ -412,11 +395,11 @@ def is_chief(strategy):
 
 def checkpoint_dir(output, strategy=None):
     """OUTPUT.checkpoints beside the output; non-chief workers write below it, apart."""
-    base = output.rstrip("/") + ".checkpoints"
+    base = output.rstrip("/") + schema.CHECKPOINT_SUFFIX
     if strategy is None or is_chief(strategy):
         return base
     resolver = strategy.cluster_resolver
-    return artifacts.join(base, f"{resolver.task_type}-{resolver.task_id}")
+    return outputs.join(base, f"{resolver.task_type}-{resolver.task_id}")
 
 
 def _progress_words(config, corpus):
@@ -540,7 +523,7 @@ def train(config):
             done += 1
         return loss_sum, pairs_sum, loss_pairs_sum, lr, done
 
-    writer = tf.summary.create_file_writer(artifacts.join(ckpt_dir, schema.LOGS_DIR))
+    writer = tf.summary.create_file_writer(outputs.join(ckpt_dir, schema.LOGS_DIR))
     stats = {"steps": 0, "pairs": 0.0, "seconds": 0.0, "loss_curve": []}
     words_at_start = float(words_done.numpy())
     train_start = time.time()
@@ -619,19 +602,14 @@ class EmbeddingServer(tf.Module):
 
     def __init__(self, transform_output_dir, vectors):
         super().__init__()
-        import tensorflow_transform as tft  # pylint: disable=import-outside-toplevel
-
-        self.tft_layer = tft.TFTransformOutput(transform_output_dir).transform_features_layer()
+        self.tft_layer, _ = tokens.transform_layer(transform_output_dir)
         self.table = tf.Variable(np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)]),
                                  trainable=False, name="vectors_with_oov_row")
         self.vocab_size = vectors.shape[0]
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.SERVING_INPUT)])
     def serve(self, text):
-        ids = self.tft_layer({corpus_schema.TEXT_KEY: text})[corpus_schema.TOKEN_IDS_KEY]
-        if isinstance(ids, tf.SparseTensor):
-            ids = tf.RaggedTensor.from_sparse(ids)
-        padded = ids.to_tensor(default_value=-1)
+        padded = tokens.ragged_ids(self.tft_layer, text).to_tensor(default_value=-1)
         mask = tf.logical_and(padded >= 0, padded < self.vocab_size)
         safe = tf.where(mask, padded, tf.cast(self.vocab_size, tf.int64))
         vecs = tf.gather(self.table, safe) * tf.cast(mask, tf.float32)[:, :, None]
@@ -644,92 +622,17 @@ class EmbeddingServer(tf.Module):
 def export(vectors, corpus_dir, out_dir):
     """Writes every export of the embeddings into `out_dir`."""
     vectors.save(out_dir)
-    vectors.save_word2vec_format(artifacts.join(out_dir, schema.WORD2VEC_TXT))
-    if not artifacts.is_remote(out_dir):
+    vectors.save_word2vec_format(outputs.join(out_dir, schema.WORD2VEC_TXT))
+    if not outputs.is_remote(out_dir):
         os.makedirs(os.path.join(out_dir, "projector"), exist_ok=True)
-    artifacts.write_text(artifacts.join(out_dir, schema.PROJECTOR_VECTORS_TSV),
+    outputs.write_text(outputs.join(out_dir, schema.PROJECTOR_VECTORS_TSV),
                          "".join("\t".join(f"{x:.6g}" for x in row) + "\n" for row in vectors.vectors))
-    artifacts.write_text(artifacts.join(out_dir, schema.PROJECTOR_METADATA_TSV),
+    outputs.write_text(outputs.join(out_dir, schema.PROJECTOR_METADATA_TSV),
                          "word\tcount\n" + "".join(f"{w}\t{c}\n" for w, c in zip(vectors.index_to_key,
                                                                                  vectors.counts)))
     server = EmbeddingServer(corpus_dir, vectors.vectors)
-    tf.saved_model.save(server, artifacts.join(out_dir, schema.SAVED_MODEL_DIR),
+    tf.saved_model.save(server, outputs.join(out_dir, schema.SAVED_MODEL_DIR),
                         signatures={"serving_default": server.serve})
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="embedflow train", description="Train skip-gram word vectors.")
-    parser.add_argument("--corpus", required=True, metavar="DIR", help="corpus job output")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    d = TrainConfig("", "")
-    parser.add_argument("--dim", type=int, default=d.dim)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--negatives", type=int, default=d.negatives, help="noise words per pair (default 5)")
-    parser.add_argument("--noise-per-centre", type=int, default=None,
-                        help="noise words drawn per centre token, shared by its pairs (default 3 x --negatives)")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"centre tokens per step (default {DEFAULT_BATCH['fused']} with the fused kernel, "
-                             f"{DEFAULT_BATCH['tf']} with the tf kernel)")
-    parser.add_argument("--kernel", choices=KERNELS, default=d.kernel,
-                        help="fused: a C++ op that trains pair by pair in place, on the CPU with one replica "
-                             "(built on first use); tf: TensorFlow ops, on any device and strategy; "
-                             "auto (default): fused where it applies and builds, else tf")
-    parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
-    parser.add_argument("--sample", type=float, default=None, help="default: the corpus job's")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
-    parser.add_argument("--tpu", default=None, help="TPU address (grpc://... or a TPU name)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps)
-    parser.add_argument("--init-from", default=None, metavar="DIR",
-                        help="embeddings output (embedflow train) whose vectors start the words "
-                             "both vocabularies hold: warm start for a grown corpus")
-    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
-    config.validate()
-    return config
-
-
-def run(argv=None):
-    config = parse_args(argv)
-    artifacts.check_output_dir(config.output, inputs=[config.corpus, config.init_from])
-    vectors, stats, corpus = train(config)
-    ckpt_dir = checkpoint_dir(config.output)
-    if not stats["chief"]:
-        # Every worker trains the same replicated vectors; the chief alone exports.
-        logging.info("train: worker done; the chief writes %s", config.output)
-        return config.output
-    with artifacts.StagedOutput(config.output, inputs=[config.corpus, config.init_from]) as out:
-        export(vectors, config.corpus, out.path)
-        logs = artifacts.join(ckpt_dir, schema.LOGS_DIR)
-        if tf.io.gfile.exists(logs):
-            tf.io.gfile.makedirs(artifacts.join(out.path, schema.LOGS_DIR))
-            for name in tf.io.gfile.listdir(logs):
-                if not tf.io.gfile.isdir(artifacts.join(logs, name)):
-                    tf.io.gfile.copy(artifacts.join(logs, name),
-                                     artifacts.join(out.path, schema.LOGS_DIR, name), overwrite=True)
-        params = dataclasses.asdict(config)
-        params["window"] = config.window if config.window is not None else corpus.window
-        params["sample"] = config.sample if config.sample is not None else corpus.sample
-        out.publish({
-            "job": "train",
-            "inputs": {"corpus": config.corpus, "corpus_fingerprint": corpus.info["inputs"]["fingerprint"],
-                       "corpus_completed_at": corpus.info.get("completed_at")},
-            "parameters": params,
-            "vocab_size": len(vectors),
-            "training": dict(stats),
-        })
-    # The run is complete: checkpoints are no longer needed to resume.
-    artifacts.delete_tree(ckpt_dir)
-    logging.info("train: wrote %s (%.0f words/s)", config.output, stats["words_per_second"])
-    return config.output
-
-
-if __name__ == "__main__":
-    from embedflow import cli
-
-    cli.exit_now(cli.run_job("train", run, os.sys.argv[1:]))

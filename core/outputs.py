@@ -14,11 +14,13 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import uuid
 
 from apache_beam.io.filesystems import FileSystems
 
+from core import __version__
 from schemas import artifacts as names
 
 _STAGING_TAG = ".partial-"
@@ -191,8 +193,10 @@ class StagedOutput:
         self.published = False
 
     def __enter__(self):
+        remove_stale_stagings(self.final_dir)
         if not is_remote(self.path):
             os.makedirs(self.path)
+        write_text(join(self.path, names.STAGING_OWNER_FILE), json.dumps(process_identity()))
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -212,6 +216,7 @@ class StagedOutput:
         payload = json.dumps(info, indent=2, sort_keys=True, default=str) + "\n"
         # Checked again: something may have written there while the job ran.
         check_replaceable(self.final_dir, self.flag)
+        FileSystems.delete([join(self.path, names.STAGING_OWNER_FILE)])
         if is_remote(self.final_dir):
             self._publish_remote()
         else:
@@ -248,6 +253,63 @@ class StagedOutput:
             FileSystems.rename(sources, targets)
 
 
+def process_identity(pid=None):
+    """{"host", "pid", "started"}: enough to tell later whether this process still runs."""
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "pid": pid, "started": _start_ticks(pid)}
+
+
+def _start_ticks(pid):
+    """The process's start time in clock ticks since boot (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def is_stale(owner):
+    """True when `owner` (a process_identity) is a process of this host that has ended."""
+    if not isinstance(owner, dict) or owner.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(owner["pid"])
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (KeyError, TypeError, ValueError, PermissionError, OverflowError):
+        return False
+    # A live process with that pid: stale only if it is another process (pid reused).
+    return owner.get("started") is not None and _start_ticks(pid) != owner["started"]
+
+
+def remove_stale_stagings(final_dir):
+    """Deletes `<final_dir>.partial-*` staging directories left by killed runs.
+
+    Only directories whose owner file names a process of this host that has ended are
+    removed: a staging directory of a running job, of another host or without an owner
+    file is left alone.
+    """
+    pattern = f"{final_dir.rstrip('/')}{_STAGING_TAG}*/{names.STAGING_OWNER_FILE}"
+    try:
+        owners = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    except Exception:  # pylint: disable=broad-except  (nothing matched, or no listing)
+        return []
+    removed = []
+    for owner_file in owners:
+        try:
+            owner = json.loads(read_text(owner_file))
+        except Exception:  # pylint: disable=broad-except
+            continue
+        if is_stale(owner):
+            staging = owner_file[:-len(names.STAGING_OWNER_FILE)].rstrip("/")
+            logging.info("removing %s, left by process %s on %s, which has ended",
+                         staging, owner.get("pid"), owner.get("host"))
+            delete_tree(staging)
+            removed.append(staging)
+    return removed
+
+
 def require_completed(path, flag, producer):
     """Raises unless `path` is the complete output of a job.
 
@@ -281,8 +343,7 @@ def library_versions():
         mod = sys.modules.get(module)
         if mod is not None:
             versions[module] = getattr(mod, "__version__", "unknown")
-    import embedflow  # pylint: disable=import-outside-toplevel
-    versions["embedflow"] = embedflow.__version__
+    versions["embedflow"] = __version__
     return versions
 
 
@@ -300,3 +361,12 @@ def fingerprint_files(metadata):
     files.sort(key=lambda f: f["path"])
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
     return files, digest
+
+
+def write_bytes(path, data):
+    with FileSystems.create(path) as f:
+        f.write(data)
+
+
+def write_json(path, obj):
+    write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
