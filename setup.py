@@ -4,7 +4,21 @@ Also Dataflow's `--setup_file`: the sdist carries every package the workers impo
 Versions are pinned to the combination verified together on Python 3.11.
 """
 
+import glob
+import os
+
 import setuptools
+
+
+def sample_data_files():
+    """The bundled sample, installed under <prefix>/share/embedflow/sample/ so that
+    `embedflow run` finds it from any directory (embedflow/config.py: sample_dir)."""
+    by_dir = {}
+    for path in sorted(glob.glob("sample/**/*", recursive=True)):
+        if os.path.isfile(path):
+            by_dir.setdefault(os.path.join("share", "embedflow", os.path.dirname(path)), []).append(path)
+    return sorted(by_dir.items())
+
 
 REQUIRED = [
     "apache-beam[gcp]==2.77.0",
@@ -36,6 +50,7 @@ setuptools.setup(
                                                "core", "core.*", "schemas", "schemas.*"]),
     # The trainer's fused CPU kernel is C++ source, compiled on first use (trainer/kernels).
     package_data={"trainer.kernels": ["*.cc"]},
+    data_files=sample_data_files(),
     install_requires=REQUIRED,
     extras_require={"test": TEST},
     entry_points={"console_scripts": ["embedflow=embedflow.cli:main"]},

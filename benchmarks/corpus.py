@@ -95,7 +95,7 @@ def main(argv=None):
     rows, last_out = [], None
     for mode in args.modes.split(","):
         out = os.path.join(work, mode)
-        argv_ = [sys.executable, "-m", "pipelines.corpus", "--input", os.path.join(args.data, "*"),
+        argv_ = [sys.executable, "-m", "jobs.corpus", "--input", os.path.join(args.data, "*"),
                  "--output", out, "--min-count", str(args.min_count), *MODES[mode]]
         wall, peak = run_measured(argv_, os.path.join(work, f"{mode}.log"))
         with open(os.path.join(out, "info.json"), encoding="utf-8") as f:

@@ -3,7 +3,7 @@
     python benchmarks/digits.py [--data ../shared/data/digits] [--only mnist optdigits]
                                 [--cores 2] [--work DIR] [--keep]
 
-Every model is trained by the digits job itself (`python -m pipelines.digits`, with its
+Every model is trained by the digits job itself (`python -m jobs.digits`, with its
 defaults), one subprocess per run pinned to `--cores` CPUs, so its time and peak memory
 are its own. Early stopping watches a hash-chosen 10% of the *training* files
 (`--eval-fraction 0.1`); test accuracy is then measured by serving the test files
@@ -85,7 +85,7 @@ def serve_accuracy(model_dir, images, labels, batch=2048):
 
 def run_job(name, spec, layers, output, cores, log_path):
     """Runs the digits job in a subprocess. Returns (info.json, wall seconds, peak RSS bytes)."""
-    argv = [sys.executable, "-m", "pipelines.digits", "--format", spec["format"],
+    argv = [sys.executable, "-m", "jobs.digits", "--format", spec["format"],
             "--output", output, "--layers", layers, "--eval-fraction", str(EVAL_FRACTION)]
     for path in spec["train"]:
         argv += ["--input", path]

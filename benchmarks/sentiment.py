@@ -6,7 +6,7 @@
 
 `--corpus` is a corpus job output and `--embeddings` the embeddings trained from it (for
 the published figures: enwiki-AA, `embedflow corpus --min-count 5` then `embedflow train`).
-The sentiment job itself (`python -m pipelines.sentiment --format polarity --folds K
+The sentiment job itself (`python -m jobs.sentiment --format polarity --folds K
 --compare-scratch`, its defaults otherwise) runs in one subprocess pinned to `--cores`
 CPUs, so its time and peak memory are its own; flags after the benchmark's own go to it.
 Its metrics.json gives the table: K-fold accuracy of the model from the trained
@@ -53,7 +53,7 @@ def run_job(argv, cores, log_path):
     cpus = sorted(os.sched_getaffinity(0))[:cores]
     started = time.time()
     with open(log_path, "w", encoding="utf-8") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipelines.sentiment", *argv], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "jobs.sentiment", *argv], cwd=ROOT,
                                    stdout=log, stderr=subprocess.STDOUT,
                                    preexec_fn=lambda: os.sched_setaffinity(0, cpus))
         _, status, usage = os.wait4(process.pid, 0)

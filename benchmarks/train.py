@@ -70,7 +70,7 @@ def main(argv=None):
     corpus_dir = args.corpus_output
     if corpus_dir is None:
         corpus_dir = os.path.join(work, "corpus")
-        run_measured([sys.executable, "-m", "pipelines.corpus", "--input", corpus_glob, "--output", corpus_dir],
+        run_measured([sys.executable, "-m", "jobs.corpus", "--input", corpus_glob, "--output", corpus_dir],
                      os.path.join(work, "corpus.log"))
 
     from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
@@ -78,7 +78,7 @@ def main(argv=None):
     rows = []
     for kernel in args.kernels.split(","):
         emb_dir = os.path.join(work, f"embeddings-{kernel}")
-        cmd = [sys.executable, "-m", "trainer.skipgram", "--corpus", corpus_dir, "--output", emb_dir,
+        cmd = [sys.executable, "-m", "jobs.train", "--corpus", corpus_dir, "--output", emb_dir,
                "--epochs", str(args.epochs), "--dim", str(args.dim), "--kernel", kernel]
         if args.batch_size:
             cmd += ["--batch-size", str(args.batch_size)]

@@ -106,16 +106,6 @@ def match_files(pattern, flag):
     return sorted(files, key=lambda m: m.path)
 
 
-def counter_totals(result, namespace):
-    """Totals of the Beam counters in `namespace` of a finished pipeline."""
-    totals = {}
-    for c in result.metrics().query()["counters"]:
-        if c.key.metric.namespace == namespace:
-            value = c.committed if c.committed is not None else c.attempted
-            totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + (value or 0)
-    return totals
-
-
 def open_decompressed(path):
     """Opens `path` for reading bytes, decompressed by its extension (.gz, .bz2)."""
     kind = CompressionTypes.detect_compression_type(path)

@@ -4,13 +4,84 @@ A process that ran a tf.Transform pipeline can crash at interpreter exit inside
 protobuf's upb garbage collection (protocolbuffers/protobuf#22067) even after
 complete success, so every entry point ends through `exit_now`, which flushes and
 leaves with the real status through `os._exit`.
+
+SIGTERM (how Kubernetes and Vertex AI stop a worker, a grace period before SIGKILL)
+stops a job as Ctrl-C does, with exit status 143. A job that must stop at a point of
+its own choosing (the trainer, between steps, after a checkpoint) runs inside
+`cooperating()` and polls `stop_requested()`. Python runs signal handlers only between
+bytecodes, so a process blocked in native code (a collective waiting for a peer) would
+never see the signal: a watchdog thread, woken through the signal wakeup fd, ends the
+process with status 143 once `TERM_GRACE_SECONDS` (default 20,
+$EMBEDFLOW_TERM_GRACE_SECONDS) have passed without the job stopping itself.
 """
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+TERM_STATUS = 128 + signal.SIGTERM
+TERM_GRACE_SECONDS = float(os.environ.get("EMBEDFLOW_TERM_GRACE_SECONDS", "20"))
+_STOP = threading.Event()
+_MODE = {"cooperative": False, "installed": False}
+
+
+class Terminated(Exception):
+    """The process was asked to stop (SIGTERM)."""
+
+
+def stop_requested():
+    """True once SIGTERM arrived."""
+    return _STOP.is_set()
+
+
+@contextlib.contextmanager
+def cooperating():
+    """Within the block SIGTERM only sets `stop_requested()`: the caller stops by itself
+    (and raises `Terminated`)."""
+    before = _MODE["cooperative"]
+    _MODE["cooperative"] = True
+    if _MODE["installed"] and threading.current_thread() is threading.main_thread():
+        # TensorFlow's coordination service (MultiWorkerMirroredStrategy) installs a
+        # SIGTERM handler of its own when the strategy starts: take the signal back.
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        _MODE["cooperative"] = before
+
+
+def _on_sigterm(signum, frame):  # pylint: disable=unused-argument
+    _STOP.set()
+    if not _MODE["cooperative"]:
+        raise Terminated("stopped by SIGTERM")
+
+
+def _watchdog(read_fd):
+    while True:
+        data = os.read(read_fd, 64)
+        if not data or signal.SIGTERM in data:
+            break
+    _STOP.set()
+    threading.Event().wait(TERM_GRACE_SECONDS)
+    logging.error("no clean stop %.0f s after SIGTERM: exiting now", TERM_GRACE_SECONDS)
+    exit_now(TERM_STATUS)
+
+
+def install_sigterm_handler():
+    """SIGTERM -> `Terminated` (or `stop_requested()`), and an exit after the grace period.
+    Call from the main thread; once per process."""
+    if _MODE["installed"] or threading.current_thread() is not threading.main_thread():
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watchdog, args=(read_fd,), daemon=True, name="sigterm-watchdog").start()
+    _MODE["installed"] = True
 
 
 def exit_now(status):
@@ -38,7 +109,7 @@ def _interrupted(error):
 def _not_reported_below(record):
     """Drops Beam's ERROR log of an exception that run_job reports in one line."""
     exc = record.exc_info[1] if record.exc_info else None
-    return not isinstance(exc, (KeyboardInterrupt, *USER_ERRORS))
+    return not isinstance(exc, (KeyboardInterrupt, Terminated, *USER_ERRORS))
 
 
 def run_job(name, run, argv):
@@ -46,8 +117,12 @@ def run_job(name, run, argv):
     interrupt (Ctrl-C) one line and 130; the staged output is removed either way."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam.runners.common").addFilter(_not_reported_below)
+    install_sigterm_handler()
     try:
         run(argv)
+    except Terminated as e:
+        print(f"embedflow {name}: {e}; nothing was published", file=sys.stderr)
+        return TERM_STATUS
     except USER_ERRORS as e:
         print(f"embedflow {name}: error: {e}", file=sys.stderr)
         return 2
@@ -55,6 +130,9 @@ def run_job(name, run, argv):
         print(f"embedflow {name}: interrupted; nothing was published", file=sys.stderr)
         return 130
     except RuntimeError as e:
+        if stop_requested() and "Terminated" in str(e)[:2000]:
+            print(f"embedflow {name}: stopped by SIGTERM; nothing was published", file=sys.stderr)
+            return TERM_STATUS
         if not _interrupted(e):
             raise
         print(f"embedflow {name}: interrupted; nothing was published", file=sys.stderr)

@@ -101,8 +101,6 @@ def describe(field, with_type):
         return f"one of {list(extra['choices'])}"
     base = _base_type(field.annotation)
     bounds = _bounds(field)
-    if base is list and bounds.get("min_length"):
-        return "a list that names at least one path"
     text = _range_text(bounds)
     if with_type or not text:
         text = f"{_TYPE_WORDS.get(base, 'valid')} {text}".strip()
@@ -119,6 +117,12 @@ class Params(pydantic.BaseModel):
     @classmethod
     def flag_of(cls, name):
         return _extra(cls.model_fields[name]).get("flag") or "--" + name.replace("_", "-")
+
+    @classmethod
+    def group_members(cls, name):
+        """The other parameters of `name`'s mutually exclusive group ([] if none)."""
+        group = _extra(cls.model_fields[name]).get("group")
+        return [n for n, f in cls.model_fields.items() if group and n != name and _extra(f).get("group") == group]
 
     @classmethod
     def config_keys(cls):
@@ -150,24 +154,38 @@ class Params(pydantic.BaseModel):
         return cls.check(values, cls.flag_of)
 
     @classmethod
+    def check_keys(cls, values, prefix, extra=()):
+        """Raises on a key that is neither a config key nor in `extra`; returns the config keys."""
+        keys = cls.config_keys()
+        unknown = sorted(set(values) - set(keys) - set(extra))
+        if unknown:
+            known = ", ".join([*keys, *extra])
+            raise ValueError(f"unknown key {prefix}.{unknown[0]} (known in {prefix}: {known})")
+        return keys
+
+    @classmethod
     def from_mapping(cls, values, prefix):
         """Checks a `run` config section; messages name `prefix.key`.
 
         Returns:
           {key: checked value} of every config key (defaults for those not given).
         """
-        keys = cls.config_keys()
-        unknown = sorted(set(values) - set(keys))
-        if unknown:
-            raise ValueError(f"unknown key {prefix}.{unknown[0]} (known in {prefix}: {', '.join(keys)})")
+        keys = cls.check_keys(values, prefix)
         # Paths between jobs are not config keys: stand-ins let the rest be checked.
         stand_ins = {n: _stand_in(f) for n, f in cls.model_fields.items()
                      if n not in keys and f.is_required()}
+        # A config may name one path where a list is expected, and null where the
+        # parameter takes no null: "the job's default".
+        fields = cls.model_fields
+        values = {k: [v] if isinstance(v, str) and _base_type(fields[k].annotation) is list else v
+                  for k, v in values.items() if v is not None or _allows_none(fields[k])}
         checked = cls.check({**stand_ins, **values}, lambda name: f"{prefix}.{name}", with_type=True)
-        # Keys not given keep the declared default (not one a validator derived from other
-        # fields): `to_argv` leaves those out, so the job derives them itself.
-        return {k: getattr(checked, k) if k in values else cls.model_fields[k].get_default(
-            call_default_factory=True) for k in keys}
+        # Keys not given keep the declared default, and keys given as null stay null, not
+        # a value a validator derived from other fields (or the stand-ins): `to_argv`
+        # leaves those out, so the job derives them itself.
+        return {k: getattr(checked, k) if values.get(k) is not None else
+                values[k] if k in values else fields[k].get_default(call_default_factory=True)
+                for k in keys}
 
     @classmethod
     def check(cls, values, name_of, with_type=False):
@@ -233,6 +251,8 @@ def _message(cls, error, values, name_of, with_type):
     if first["type"] == "value_error":
         return f"{name_of(name)} {first['ctx']['error']}"
     shown = values.get(name)
+    if first["type"] == "too_short":
+        return f"{name_of(name)} must name at least one path, got {shown!r}"
     return f"{name_of(name)} must be {describe(field, with_type)}, got {shown!r}"
 
 
@@ -277,5 +297,16 @@ def parse_known(cls, parser, argv):
     return cls.from_args(args), rest
 
 
+def parse_all(cls, parser, argv):
+    """As `parse_known`, for a job that takes no Beam flags: an unknown flag is an error."""
+    params, rest = parse_known(cls, parser, argv)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return params
+
+
 def new_parser(prog, description, epilog=None):
-    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog)
+    """An argparse parser for a job. No abbreviated flags: a Beam flag the job does not
+    know must reach Beam whole, never be taken for a prefix of one of the job's."""
+    return argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                   allow_abbrev=False)

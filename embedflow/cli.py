@@ -16,12 +16,14 @@ COMMANDS = {
     "train": ("jobs.train", "skip-gram with negative sampling on CPU, GPU or TPU (tf.distribute)"),
     "evaluate": ("jobs.evaluate", "analogy accuracy and word-similarity Spearman of trained vectors"),
     "neighbors": ("jobs.evaluate:run_neighbors", "nearest neighbours of words by cosine"),
+    "import-vectors": ("jobs.import_vectors",
+                       "word2vec/GloVe/fastText vectors -> embeddings output + its tokenizer graph"),
     "run": ("embedflow.run", "the whole chain into a versioned run, a report, promotion by quality gates"),
 }
 
 def _usage():
     lines = ["usage: embedflow COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<15} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`embedflow COMMAND --help` describes a command's options."]
     return "\n".join(lines)
 

@@ -4,12 +4,16 @@ Plots (matplotlib, Agg backend):
     report/training_loss.png      loss per pair against training progress, from the
                                   embeddings' info.json (`training.loss_curve`:
                                   [[step, progress, loss], ...])
-    report/pca.png                the most frequent words projected on the first two
-                                  principal components of their vectors (evaluation/pca.json)
+    report/analogy_pairs.png      country-capital and male-female pairs of the analogy set,
+                                  projected on two principal components, an arrow a pair
+                                  (evaluation/pairs.json; runs without it: report/pca.png,
+                                  the most frequent words, from evaluation/pca.json)
     report/confusion_matrix.png   copied from the digits stage
     report/sentiment_learning_curve.png   copied from the sentiment stage
-Tables: stages (ran or reused, fingerprint, seconds), metrics against the promoted
-run's and the gates, analogy sections, nearest neighbours of the probe words.
+The report leads with the verdict (promoted or not, and the failed gates) and the
+headline metrics with their change against the promoted run; then tables of stages
+(ran or reused, fingerprint, seconds), every metric against the promoted run's and the
+gates, analogy sections, nearest neighbours of the probe words, and the plots.
 Works on gs:// run directories: plots are drawn locally, then written through Beam's
 FileSystems.
 """
@@ -22,10 +26,14 @@ import math
 from apache_beam.io.filesystems import FileSystems
 
 from core import outputs
+from schemas.runs import STAGE_DIRS
 
 REPORT_DIR = "report"
 LOSS_PLOT = "training_loss.png"
 PCA_PLOT = "pca.png"
+PAIRS_PLOT = "analogy_pairs.png"
+HEADLINE = ("analogy_accuracy", "similarity_spearman", "digit_accuracy", "sentiment_accuracy",
+            "sentiment_scratch_accuracy")
 CONFUSION_PLOT = "confusion_matrix.png"
 SENTIMENT_PLOT = "sentiment_learning_curve.png"
 # (stage directory, file in it) -> name in report/
@@ -85,6 +93,29 @@ def plot_pca(pca, path):
     ax.set_xlabel(f"PC1 ({100 * ev[0]:.1f}% of variance)")
     ax.set_ylabel(f"PC2 ({100 * ev[1]:.1f}% of variance)")
     ax.set_title(f"PCA of the {len(xs)} most frequent words (labels: top {min(PCA_LABELS, len(xs))})")
+    _save(fig, path)
+
+
+def plot_pairs(pairs, path):
+    """One panel per group of analogy pairs: an arrow from each pair's first word to its second."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(pairs), figsize=(6.5 * len(pairs), 5.5), squeeze=False)
+    for ax, (group, data) in zip(axes[0], sorted(pairs.items())):
+        xy = data["xy"]
+        for a, b in data["pairs"]:
+            (x0, y0), (x1, y1) = xy[a], xy[b]
+            ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                        arrowprops={"arrowstyle": "->", "color": "grey", "alpha": 0.6})
+            ax.scatter([x0], [y0], color="tab:blue", s=14)
+            ax.scatter([x1], [y1], color="tab:red", s=14)
+            ax.annotate(a, (x0, y0), fontsize=8, color="tab:blue")
+            ax.annotate(b, (x1, y1), fontsize=8, color="tab:red")
+        ev = data.get("explained_variance", [0, 0])
+        ax.set_xlabel(f"PC1 ({100 * ev[0]:.1f}% of variance)")
+        ax.set_ylabel(f"PC2 ({100 * ev[1]:.1f}% of variance)")
+        first, second = group.split("-", 1)
+        ax.set_title(f"{group}: {len(data['pairs'])} pairs, {first} (blue) -> {second} (red)")
+        ax.grid(alpha=0.3)
     _save(fig, path)
 
 
@@ -150,6 +181,57 @@ def _html_table(title, header, rows):
     return f"<h2>{html.escape(title)}</h2>\n<table><tr>{head}</tr>{body}</table>\n"
 
 
+def _plots(run_dir, plots_dir):
+    """Draws or copies every plot into `plots_dir`; returns ([(caption, file)], [notes])."""
+    plots, notes = [], []
+    train_info = _read_json(outputs.join(run_dir, STAGE_DIRS["train"], "info.json"))
+    curve = (train_info or {}).get("training", {}).get("loss_curve", [])
+    if plot_loss(curve, outputs.join(plots_dir, LOSS_PLOT)):
+        plots.append(("Training loss", LOSS_PLOT))
+    else:
+        notes.append("Training loss: no finite loss was logged.")
+    pairs = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "pairs.json"))
+    pca = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "pca.json"))
+    if pairs:
+        plot_pairs(pairs, outputs.join(plots_dir, PAIRS_PLOT))
+        plots.append(("Analogy pairs, 2D PCA of each group's vectors", PAIRS_PLOT))
+    elif pca:
+        plot_pca(pca, outputs.join(plots_dir, PCA_PLOT))
+        plots.append(("Frequent words, 2D PCA", PCA_PLOT))
+    for (stage_dir, name), target in COPIED_PLOTS.items():
+        source = outputs.join(run_dir, stage_dir, name)
+        if FileSystems.exists(source):
+            FileSystems.copy([source], [outputs.join(plots_dir, target)])
+            title = "Digit confusion matrix (eval set)" if stage_dir == "digits" else "Sentiment learning curve"
+            plots.append((title, target))
+        else:
+            notes.append(f"{stage_dir}: no {name} (stage skipped or not run)")
+    return plots, notes
+
+
+def _verdict(summary):
+    """(one line: promoted or not and why, the headline table)."""
+    promotion = summary["promotion"]
+    failed = [g for g in summary["gates"] if not g["passed"]]
+    if promotion.get("promoted"):
+        verdict = "Promoted: every gate passed and `latest` names this run"
+    elif promotion.get("passed"):
+        verdict = "Every gate passed (this step did not promote)"
+    else:
+        verdict = "NOT promoted, `latest` is unchanged: " + "; ".join(
+            f"{g['gate']} failed ({g['metric']} {_fmt(g['value'])} < {_fmt(g['threshold'])})" for g in failed)
+    verdict += f" (previous latest: {promotion.get('previous_latest') or 'none'})."
+    latest = summary.get("latest_metrics") or {}
+    rows = []
+    for metric in HEADLINE:
+        value, old = summary["metrics"].get(metric), latest.get(metric)
+        if value is None:
+            continue
+        change = "-" if old is None else f"{100 * (value - old):+.2f} points"
+        rows.append([metric, _fmt(value), _fmt(old), change])
+    return verdict, ("Headline metrics", ["metric", "this run", "latest", "change"], rows)
+
+
 def write_report(run_dir, summary):
     """Writes report.md, report.html and report/*.png into `run_dir`.
 
@@ -165,38 +247,14 @@ def write_report(run_dir, summary):
         import os  # pylint: disable=import-outside-toplevel
 
         os.makedirs(plots_dir, exist_ok=True)
-    plots, notes = [], []
-
-    train_info = _read_json(outputs.join(run_dir, "embeddings", "info.json"))
-    curve = (train_info or {}).get("training", {}).get("loss_curve", [])
-    if plot_loss(curve, outputs.join(plots_dir, LOSS_PLOT)):
-        plots.append(("Training loss", LOSS_PLOT))
-    else:
-        notes.append("Training loss: no finite loss was logged (the trainer logs every 10 seconds; "
-                     "a short training may log none).")
-    evaluation = _read_json(outputs.join(run_dir, "evaluation", "metrics.json"))
-    neighbors = _read_json(outputs.join(run_dir, "evaluation", "neighbors.json"))
-    pca = _read_json(outputs.join(run_dir, "evaluation", "pca.json"))
-    if pca:
-        plot_pca(pca, outputs.join(plots_dir, PCA_PLOT))
-        plots.append(("Frequent words, 2D PCA", PCA_PLOT))
-    for (stage_dir, name), target in COPIED_PLOTS.items():
-        source = outputs.join(run_dir, stage_dir, name)
-        if FileSystems.exists(source):
-            FileSystems.copy([source], [outputs.join(plots_dir, target)])
-            title = "Digit confusion matrix (eval set)" if stage_dir == "digits" else "Sentiment learning curve"
-            plots.append((title, target))
-        else:
-            notes.append(f"{stage_dir}: no {name} (stage skipped or not run)")
-
-    promotion = summary["promotion"]
-    verdict = ("promoted: `latest` names this run" if promotion.get("promoted") else
-               "all gates pass (not promoted by this step)" if promotion.get("passed") else
-               "NOT promoted: a gate failed; `latest` is unchanged")
-    tables = _tables(summary, evaluation, neighbors)
+    plots, notes = _plots(run_dir, plots_dir)
+    evaluation = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "metrics.json"))
+    neighbors = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "neighbors.json"))
+    verdict, headline = _verdict(summary)
+    tables = [headline] + _tables(summary, evaluation, neighbors)
     title = f"embedflow run {summary['run']}"
 
-    md = [f"# {title}", "", f"**{verdict}** (previous latest: {promotion.get('previous_latest') or 'none'})", ""]
+    md = [f"# {title}", "", f"**{verdict}**", ""]
     for table in tables:
         md.append(_markdown(*table))
     for caption, name in plots:
@@ -209,8 +267,7 @@ def write_report(run_dir, summary):
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p><b>{html.escape(verdict)}</b> (previous latest: "
-             f"{html.escape(promotion.get('previous_latest') or 'none')})</p>"]
+             f"<p><b>{html.escape(verdict)}</b></p>"]
     parts += [_html_table(*table) for table in tables]
     parts += [f"<h2>{html.escape(c)}</h2><img src='{REPORT_DIR}/{n}' alt='{html.escape(c)}'>" for c, n in plots]
     parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "",

@@ -30,7 +30,9 @@ Output directory (published only when complete, see `core.outputs`):
                                            paragraph (OOV tokens removed, as word2vec
                                            removes them before windowing).
     info.json                              inputs + fingerprints, counters, parameters,
-                                           vocabulary size, bytes per window and pair.
+                                           vocabulary size, bytes per window and pair,
+                                           the size of every window shard
+                                           (windows.shard_bytes, by file name).
     COMPLETED                              written last.
 
 Windows: every position of a record is the centre of one skip-gram window of
@@ -43,7 +45,6 @@ word2vec does, and materialising pairs would cost ~20 bytes a pair instead of th
 in info.json as the trainer's defaults.
 """
 
-import argparse
 import json
 import logging
 import math
@@ -55,65 +56,49 @@ from apache_beam.io.filesystems import FileSystems
 from core import files, outputs
 from core.beam import counter_totals, pipeline_options
 from core.main import main
+from core.params import Params, new_parser, param, parse_known
 from pipelines.corpus import FORMATS, NAMESPACE, MakeWindows, ReadCorpus, Tokenize, WriteWindows, reorder_vocabulary
 from schemas import corpus as schema
 
 _SNIFF_BYTES = 8192
 
 
+class CorpusParams(Params):
+    """`embedflow corpus`'s parameters; the `corpus` section of a run config."""
+
+    # pylint: disable-next=redefined-builtin
+    input: list[str] = param(repeat=True, min_length=1, metavar="GLOB", config=False,
+                             help="text files to read (repeatable; local or gs://; .gz/.bz2)")
+    output: str = param(metavar="DIR", config=False, help="output directory")
+    format: str = param("auto", choices=FORMATS, config=False,
+                        help="text: every line is text; wikiextractor/auto: drop <doc> markup lines")
+    min_count: int = param(5, ge=1, help="leave out tokens seen fewer times")
+    max_vocab: int | None = param(None, ge=1, help="keep at most this many tokens, the most frequent")
+    window: int = param(5, ge=1, help="skip-gram window radius")
+    sample: float = param(1e-3, ge=0, lt=1,
+                          help="frequent-word subsampling threshold the trainer uses; 0 = off")
+    max_span: int = param(1000, ge=2, help="longest run of ids in one record; longer paragraphs are split")
+    max_line_chars: int = param(10_000_000, ge=1, help="skip (and count) lines longer than this")
+    num_shards: int = param(0, ge=0, help="window shards; 0 = by input size, at least 4")
+    batch_lines: int = param(512, ge=1, help="paragraphs per tf.Transform record batch")
+
+
+PARAMS = CorpusParams
+
+
 def parse_args(argv):
     """Splits the job's own flags from Beam's.
 
     Returns:
-      (job args namespace, list of Beam pipeline arguments).
+      (checked CorpusParams, list of Beam pipeline arguments).
     """
-    parser = argparse.ArgumentParser(
-        prog="embedflow corpus",
-        description="Tokenize text into a vocabulary and skip-gram windows (TFRecord).",
+    parser = CorpusParams.add_flags(new_parser(
+        "embedflow corpus", "Tokenize text into a vocabulary and skip-gram windows (TFRecord).",
         epilog="Other flags go to Beam (for example --runner, --direct_running_mode, "
-               "--direct_num_workers, --project, --region, --temp_location).")
-    parser.add_argument("--input", action="append", required=True, metavar="GLOB",
-                        help="text files to read (repeatable; local or gs://; .gz/.bz2)")
-    parser.add_argument("--output", required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--format", choices=FORMATS, default="auto",
-                        help="text: every line is text; wikiextractor/auto: drop <doc> markup lines")
-    parser.add_argument("--min-count", type=int, default=5,
-                        help="leave out tokens seen fewer times (default 5)")
-    parser.add_argument("--max-vocab", type=int, default=None,
-                        help="keep at most this many tokens, the most frequent")
-    parser.add_argument("--window", type=int, default=5,
-                        help="skip-gram window radius (default 5)")
-    parser.add_argument("--sample", type=float, default=1e-3,
-                        help="frequent-word subsampling threshold the trainer uses (default 1e-3; 0 = off)")
-    parser.add_argument("--max-span", type=int, default=1000,
-                        help="longest run of ids in one record; longer paragraphs are split (default 1000)")
-    parser.add_argument("--max-line-chars", type=int, default=10_000_000,
-                        help="skip (and count) lines longer than this (default 10,000,000)")
-    parser.add_argument("--num-shards", type=int, default=0,
-                        help="window shards; 0 = by input size, at least 4 (default 0)")
-    parser.add_argument("--batch-lines", type=int, default=512,
-                        help="paragraphs per tf.Transform record batch (default 512)")
-    args, beam_args = parser.parse_known_args(argv)
-    _validate(args)
-    return args, beam_args
-
-
-def _validate(args):
-    checks = [
-        (args.min_count >= 1, f"--min-count must be >= 1, got {args.min_count}"),
-        (args.max_vocab is None or args.max_vocab >= 1,
-         f"--max-vocab must be >= 1, got {args.max_vocab}"),
-        (args.window >= 1, f"--window must be >= 1, got {args.window}"),
-        (0 <= args.sample < 1, f"--sample must be in [0, 1), got {args.sample}"),
-        (args.max_span >= 2, f"--max-span must be >= 2, got {args.max_span}"),
-        (args.max_line_chars >= 1, f"--max-line-chars must be >= 1, got {args.max_line_chars}"),
-        (args.num_shards >= 0, f"--num-shards must be >= 0, got {args.num_shards}"),
-        (args.batch_lines >= 1, f"--batch-lines must be >= 1, got {args.batch_lines}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    outputs.check_output_path(args.output)
+               "--direct_num_workers, --project, --region, --temp_location)."))
+    params, beam_args = parse_known(CorpusParams, parser, argv)
+    outputs.check_output_path(params.output)
+    return params, beam_args
 
 
 def match_inputs(patterns):
@@ -191,12 +176,23 @@ def _counters(result):
     return counter_totals(result, NAMESPACE)
 
 
-def _windows_bytes(windows_dir):
-    shards = outputs.list_files(windows_dir)
-    if not shards:
-        return 0, 0
-    sizes = [m.size_in_bytes for m in FileSystems.match([windows_dir.rstrip("/") + "/*"])[0].metadata_list]
-    return len(shards), sum(sizes)
+def windows_info(windows_dir, counters):
+    """The `windows` entry of info.json: shards, their sizes (by file name) and bytes per unit.
+
+    The trainer checks the shards against `shard_bytes` before it reads them.
+    """
+    shard_bytes = {}
+    if outputs.list_files(windows_dir):
+        found = FileSystems.match([windows_dir.rstrip("/") + "/*"])[0].metadata_list
+        shard_bytes = {m.path.rsplit("/", 1)[-1]: m.size_in_bytes for m in found}
+    total = sum(shard_bytes.values())
+    return {
+        "dir": schema.WINDOWS_DIR, "shards": len(shard_bytes), "bytes": total,
+        "shard_bytes": shard_bytes, "records": counters.get("window_records", 0),
+        "bytes_per_window": total / max(counters.get("windows", 0), 1),
+        "bytes_per_pair_full_window": total / max(counters.get("pairs_full_window", 0), 1),
+        "bytes_per_pair_dynamic_window": total / max(counters.get("pairs_expected_dynamic_window", 0), 1),
+    }
 
 
 def default_num_shards(metadata):
@@ -240,31 +236,19 @@ def run(argv=None):
         outputs.delete_tree(temp_dir)
         finished = time.time()
 
-        shard_count, windows_bytes = _windows_bytes(windows_dir)
         if counters.get("windows", 0) == 0:
             raise ValueError("the corpus yields no in-vocabulary token: nothing to train on "
                              f"(inputs: {' '.join(args.input)})")
         info = {
             "job": "corpus",
             "inputs": {"patterns": args.input, "files": file_info, "fingerprint": fingerprint},
-            "parameters": {
-                "format": args.format, "min_count": args.min_count, "max_vocab": args.max_vocab,
-                "window": args.window, "sample": args.sample, "max_span": args.max_span,
-                "max_line_chars": args.max_line_chars, "num_shards": num_shards,
-                "batch_lines": args.batch_lines,
-            },
+            "parameters": {**{k: getattr(args, k) for k in CorpusParams.config_keys()},
+                           "format": args.format, "num_shards": num_shards},
             "counts": counters,
             "vocab_size": oov_id,
             "oov_id": oov_id,
             "vocab_tokens_covered": sum(c for _, c in vocab),
-            "windows": {
-                "dir": schema.WINDOWS_DIR, "shards": shard_count, "bytes": windows_bytes,
-                "records": counters.get("window_records", 0),
-                "bytes_per_window": windows_bytes / max(counters.get("windows", 0), 1),
-                "bytes_per_pair_full_window": windows_bytes / max(counters.get("pairs_full_window", 0), 1),
-                "bytes_per_pair_dynamic_window":
-                    windows_bytes / max(counters.get("pairs_expected_dynamic_window", 0), 1),
-            },
+            "windows": windows_info(windows_dir, counters),
             "seconds": {"analyze": round(analyzed - started, 2),
                         "transform": round(finished - analyzed, 2)},
         }

@@ -13,6 +13,10 @@ publishes an evaluation output (the `evaluate` stage of `embedflow run`):
                      for every --probe-word
     pca.json         {"words", "xy", "explained_variance"}: the --pca-words most
                      frequent words projected on their first two principal components
+    pairs.json       with --analogies: country-capital and male-female word pairs of the
+                     analogy set, each group's words projected on the first two
+                     principal components of their unit vectors ({group: {"pairs",
+                     "xy", "explained_variance"}}); the report draws them as arrows
     info.json        inputs, parameters, the headline metrics; COMPLETED last
 """
 
@@ -23,9 +27,9 @@ import numpy as np
 
 from core import outputs
 from core.main import main
-from core.params import Params, new_parser, param, parse_known
+from core.params import Params, new_parser, param, parse_all
 from schemas import embeddings as schema
-from trainer.evaluate import evaluate
+from trainer.evaluate import analogy_pairs, evaluate, project_pairs, read_analogies
 from trainer.vectors import WordVectors
 
 
@@ -48,11 +52,12 @@ class EvaluateParams(Params):
     print_json: bool = param(False, flag="--json", config=False, help="print JSON")
 
 
+PARAMS = EvaluateParams
+
+
 def parse_args(argv):
     parser = EvaluateParams.add_flags(new_parser("embedflow evaluate", "Evaluate word vectors."))
-    params, rest = parse_known(EvaluateParams, parser, argv)
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    params = parse_all(EvaluateParams, parser, argv)
     if not params.analogies and not params.similarity:
         raise ValueError("give --analogies FILE and/or --similarity FILE")
     if params.output_dir:
@@ -97,9 +102,14 @@ def publish(vectors, metrics, params):
         pca = {"words": vectors.index_to_key[:n],
                "xy": [[round(float(x), 5), round(float(y), 5)] for x, y in coords],
                "explained_variance": explained}
+        pairs = {}
+        if params.analogies:
+            groups = analogy_pairs(read_analogies(params.analogies), vectors,
+                                   restrict_vocab=params.restrict_vocab)
+            pairs = project_pairs(vectors, groups)
         for name, obj in (("metrics.json", metrics),
                           ("neighbors.json", {"neighbors": neighbors, "missing": missing}),
-                          ("pca.json", pca)):
+                          ("pca.json", pca), ("pairs.json", pairs)):
             outputs.write_json(outputs.join(out.path, name), obj)
         out.publish({"job": "evaluate",
                      "inputs": {"embeddings": params.embeddings, "analogies": params.analogies,

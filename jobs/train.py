@@ -1,8 +1,10 @@
 """Train job: skip-gram word vectors from a corpus job output.
 
     embedflow train --corpus DIR --output DIR [--dim 100] [--epochs 5] [--negatives 5]
-        [--learning-rate 0.025] [--batch-size N] [--strategy auto|cpu|mirrored|multiworker|tpu]
-        [--tpu ADDRESS] [--seed N]
+        [--learning-rate 0.025] [--batch-size N] [--kernel auto|fused|tf]
+        [--strategy auto|cpu|mirrored|multiworker|tpu] [--tpu ADDRESS] [--seed N]
+        [--init-from DIR] [...]        (`embedflow train --help` lists every flag)
+    python -m jobs.train ...           (the same)
 
 The model, its draws and its two kernels are described in `trainer/skipgram.py`.
 
@@ -14,58 +16,41 @@ Output directory (published only when complete):
                                     job's transform_fn is inside, so it tokenizes alone
     logs/                           TensorBoard summaries (loss, learning rate, words/s)
     info.json, COMPLETED
-Checkpoints live in OUTPUT.checkpoints/ (beside the output): a run started again with
-the same command continues from the last one.
+Checkpoints live in OUTPUT.checkpoints/ (beside the output), with fingerprint.json: the
+corpus (its inputs fingerprint and vocabulary) and the parameters that shape the vectors.
+A run started again with the same corpus and parameters continues from the last
+checkpoint; one with another corpus or other parameters is refused (delete
+OUTPUT.checkpoints to start afresh).
+
+Failures publish nothing and leave no COMPLETED: a loss or vectors that stop being
+finite (training diverged: lower --learning-rate), a window shard that is not what the
+corpus job wrote (re-run the corpus job), checkpoints of another run.
 """
 
-import argparse
-import dataclasses
 import logging
 
 import tensorflow as tf
 
 from core import outputs
 from core.main import main
+from core.params import new_parser, parse_all
 from schemas import embeddings as schema
-from trainer.skipgram import (DEFAULT_BATCH, KERNELS, STRATEGIES, TrainConfig, checkpoint_dir,
-                              export, train)
+from trainer.skipgram import TrainConfig, checkpoint_dir, export, train
+
+PARAMS = TrainConfig
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="embedflow train", description="Train skip-gram word vectors.")
-    parser.add_argument("--corpus", required=True, metavar="DIR", help="corpus job output")
-    parser.add_argument("--output", required=True, metavar="DIR")
-    d = TrainConfig("", "")
-    parser.add_argument("--dim", type=int, default=d.dim)
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--negatives", type=int, default=d.negatives, help="noise words per pair (default 5)")
-    parser.add_argument("--noise-per-centre", type=int, default=None,
-                        help="noise words drawn per centre token, shared by its pairs (default 3 x --negatives)")
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help=f"centre tokens per step (default {DEFAULT_BATCH['fused']} with the fused kernel, "
-                             f"{DEFAULT_BATCH['tf']} with the tf kernel)")
-    parser.add_argument("--kernel", choices=KERNELS, default=d.kernel,
-                        help="fused: a C++ op that trains pair by pair in place, on the CPU with one replica "
-                             "(built on first use); tf: TensorFlow ops, on any device and strategy; "
-                             "auto (default): fused where it applies and builds, else tf")
-    parser.add_argument("--window", type=int, default=None, help="default: the corpus job's")
-    parser.add_argument("--sample", type=float, default=None, help="default: the corpus job's")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=d.strategy)
-    parser.add_argument("--tpu", default=None, help="TPU address (grpc://... or a TPU name)")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--checkpoint-every-steps", type=int, default=d.checkpoint_every_steps)
-    parser.add_argument("--init-from", default=None, metavar="DIR",
-                        help="embeddings output (embedflow train) whose vectors start the words "
-                             "both vocabularies hold: warm start for a grown corpus")
-    parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    config = TrainConfig(**{k.replace("-", "_"): v for k, v in vars(args).items()})
-    config.validate()
+    """The checked TrainConfig of a command line; fails before work on a bad flag or --output."""
+    parser = TrainConfig.add_flags(new_parser("embedflow train", "Train skip-gram word vectors."))
+    config = parse_all(TrainConfig, parser, argv)
+    outputs.check_output_path(config.output)
+    outputs.check_not_an_input(config.output, "--output", [config.corpus, config.init_from])
     return config
 
 
 def run(argv=None):
+    """Runs the train job; returns the output directory (see the module docstring)."""
     config = parse_args(argv)
     outputs.check_output_dir(config.output, inputs=[config.corpus, config.init_from])
     vectors, stats, corpus = train(config)
@@ -83,7 +68,7 @@ def run(argv=None):
                 if not tf.io.gfile.isdir(outputs.join(logs, name)):
                     tf.io.gfile.copy(outputs.join(logs, name),
                                      outputs.join(out.path, schema.LOGS_DIR, name), overwrite=True)
-        params = dataclasses.asdict(config)
+        params = config.as_dict()
         params["window"] = config.window if config.window is not None else corpus.window
         params["sample"] = config.sample if config.sample is not None else corpus.sample
         out.publish({

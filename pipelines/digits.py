@@ -45,9 +45,9 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from core import outputs
 from core import files
 from core.files import open_binary
+from pipelines import examples
 from schemas import digits as schema
 
 NAMESPACE = "embedflow.digits"
@@ -90,44 +90,28 @@ def list_sources(patterns, fmt, split, flag):
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
     if fmt == "png":
-        sources, metadata = [], []
-        for pattern in patterns:
-            found = _list_png_folder(pattern, flag)
-            sources += [Source(fmt, split, (m.path,), label) for m, label in found]
-            metadata += [m for m, _ in found]
-        return sources, metadata
-    metadata = {}
-    for pattern in patterns:
-        metadata.update((m.path, m) for m in files.match_files(pattern, flag))
-    metadata = [metadata[p] for p in sorted(metadata)]
+        found = [f for pattern in patterns
+                 for f in examples.list_label_folders(pattern, flag, _digit_label, PNG_FOLDERS)]
+        return [Source(fmt, split, (m.path,), label) for m, label in found], [m for m, _ in found]
+    metadata = examples.unique_files(files.match_files(p, flag) for p in patterns)
     paths = [m.path for m in metadata]
     if fmt == "optdigits":
         return [Source(fmt, split, (p,)) for p in paths], metadata
     return [Source(fmt, split, pair) for pair in pair_idx_files(paths, flag)], metadata
 
 
-def _list_png_folder(folder, flag):
-    """A folder of label subfolders -> [(FileMetadata, label)] of its .png files."""
-    if not files.is_dir(folder):
-        raise ValueError(f"{flag} {folder}: with --format png, give a folder holding one "
-                         f"subfolder of .png files per label (0 ... {schema.NUM_CLASSES - 1})")
-    pattern = outputs.join(folder.rstrip("/"), "*", "*")
-    found = []
-    for m in FileSystems.match([pattern])[0].metadata_list:
-        label_dir = os.path.basename(os.path.dirname(m.path))
-        if label_dir.startswith(".") or os.path.basename(m.path).startswith("."):
-            continue
-        if not m.path.lower().endswith(".png"):
-            continue
-        if not (label_dir.isascii() and label_dir.isdigit()
-                and int(label_dir) < schema.NUM_CLASSES):
-            raise ValueError(
-                f"{flag} {folder}: subfolder {label_dir!r} is not a label: name the subfolders "
-                f"0 ... {schema.NUM_CLASSES - 1}, after the digit their images show")
-        found.append((m, int(label_dir)))
-    if not found:
-        raise FileNotFoundError(f"{flag} {folder} holds no LABEL/*.png file")
-    return sorted(found, key=lambda f: f[0].path)
+PNG_FOLDERS = examples.FolderLayout(
+    fmt="png", holds=f"one subfolder of .png files per label (0 ... {schema.NUM_CLASSES - 1})",
+    rule=f"a label: name the subfolders 0 ... {schema.NUM_CLASSES - 1}, after the digit their "
+         "images show",
+    files="LABEL/*.png file", suffix=".png")
+
+
+def _digit_label(name):
+    """A PNG subfolder's name -> its digit, or None."""
+    if name.isascii() and name.isdigit() and int(name) < schema.NUM_CLASSES:
+        return int(name)
+    return None
 
 
 # ------------------------------------------------------------------------- optdigits
@@ -214,24 +198,21 @@ def inspect_idx(path):
       ValueError: see `read_idx_header`; images larger than 32x32; labels or images of
         another rank; truncated data or trailing bytes.
     """
-    try:
-        with open_binary(path) as f:
-            dims = read_idx_header(f, path)
-            if len(dims) not in (1, 3):
-                raise ValueError(f"{path}: an IDX file of {len(dims)} dimensions is neither "
-                                 "labels (1) nor images (3)")
-            if len(dims) == 3 and (dims[1] > schema.IMAGE_SIZE or dims[2] > schema.IMAGE_SIZE):
-                raise ValueError(f"{path}: images are {dims[1]}x{dims[2]}, larger than the "
-                                 f"{schema.IMAGE_SIZE}x{schema.IMAGE_SIZE} the MLP takes")
-            expected = int(np.prod(dims, dtype=np.int64))
-            size = 0
-            while True:
-                chunk = f.read(1 << 22)
-                if not chunk:
-                    break
-                size += len(chunk)
-    except EOFError as e:  # gzip stream cut off
-        raise ValueError(f"{path} is truncated: its gzip stream ends early ({e})") from e
+    with open_binary(path) as f:
+        dims = read_idx_header(f, path)
+        if len(dims) not in (1, 3):
+            raise ValueError(f"{path}: an IDX file of {len(dims)} dimensions is neither "
+                             "labels (1) nor images (3)")
+        if len(dims) == 3 and (dims[1] > schema.IMAGE_SIZE or dims[2] > schema.IMAGE_SIZE):
+            raise ValueError(f"{path}: images are {dims[1]}x{dims[2]}, larger than the "
+                             f"{schema.IMAGE_SIZE}x{schema.IMAGE_SIZE} the MLP takes")
+        expected = int(np.prod(dims, dtype=np.int64))
+        size = 0
+        while True:  # a cut-off gzip stream raises core.files.CorruptInput here
+            chunk = f.read(1 << 22)
+            if not chunk:
+                break
+            size += len(chunk)
     what = "images" if len(dims) == 3 else "labels"
     if size < expected:
         raise ValueError(f"{path} is truncated: its header promises {dims[0]} {what} "
@@ -312,11 +293,8 @@ def read_idx_pair(images_path, labels_path):
             raise ValueError(f"{images_path} holds {n} images but {labels_path} {n_labels} labels")
         for start in range(0, n, _CHUNK_IMAGES):
             count = min(_CHUNK_IMAGES, n - start)
-            try:
-                pixels = fi.read(count * h * w)
-                labels = fl.read(count)
-            except EOFError as e:
-                raise ValueError(f"{images_path} or {labels_path} is truncated ({e})") from e
+            pixels = fi.read(count * h * w)  # damaged gzip: core.files.CorruptInput
+            labels = fl.read(count)
             if len(pixels) < count * h * w or len(labels) < count:
                 raise ValueError(f"{images_path} or {labels_path} is truncated at digit {start}")
             images = center_image(np.frombuffer(pixels, np.uint8).reshape(count, h, w))
@@ -349,32 +327,24 @@ def decode_png(data):
 # ----------------------------------------------------------------------------- Beam
 
 
-def _counter(name):
-    return beam.metrics.Metrics.counter(NAMESPACE, name)
-
-
-class _ReadSource(beam.DoFn):
+class _ReadSource(examples.CountingReader):
     """Source -> (split or None, float32 [32, 32] image, int label) per digit it holds."""
 
     def __init__(self):
-        self.read = _counter("digits_read")
-        self.skipped = {r: _counter(f"skipped_{r}") for r in SKIP_REASONS}
-
-    def _skip(self, reason):
-        self.skipped[reason].inc()
+        super().__init__(NAMESPACE, "digits_read", SKIP_REASONS)
 
     def process(self, source):
         for image, label in self._digits(source):
             self.read.inc()
             if not 0 <= label < schema.NUM_CLASSES:
-                self._skip("label_out_of_range")
+                self.skip("label_out_of_range")
                 continue
             yield source.split, image, label
 
     def _digits(self, source):
         if source.fmt == "optdigits":
             with open_binary(source.paths[0]) as f:
-                yield from parse_optdigits(f, source.paths[0], self._skip)
+                yield from parse_optdigits(f, source.paths[0], self.skip)
         elif source.fmt == "mnist":
             yield from read_idx_pair(*source.paths)
         else:
@@ -385,10 +355,10 @@ class _ReadSource(beam.DoFn):
                 yield decode_png(data), source.label
             except ValueError as e:
                 logging.warning("skipping %s: %s", source.paths[0], e)
-                self._skip("unreadable")
+                self.skip("unreadable")
 
 
-class ReadDigits(beam.PTransform):
+class ReadDigits(examples.ReadSources):
     """Reads digit images.
 
     Input: the pipeline root. Output: PCollection[(split or None, float32 [32, 32] image in
@@ -396,21 +366,10 @@ class ReadDigits(beam.PTransform):
     """
 
     def __init__(self, *, sources):
-        super().__init__()
-        if not sources:
-            raise ValueError("ReadDigits needs at least one source")
-        bad = [s for s in sources if s.fmt not in FORMATS or s.split not in schema.SPLITS + (None,)]
-        if bad:
-            raise ValueError(f"ReadDigits: invalid source {bad[0]}")
-        self._sources = list(sources)
+        super().__init__(sources=sources, formats=FORMATS, splits=schema.SPLITS + (None,))
 
-    def expand(self, pbegin):
-        return (pbegin
-                | "ListSources" >> beam.Create(self._sources)
-                # Spread the sources (PNG files above all) over the workers.
-                | "SpreadSources" >> beam.Reshuffle()
-                # Source -> (split or None, image, label)
-                | "ReadSources" >> beam.ParDo(_ReadSource()))
+    def reader(self):
+        return _ReadSource()
 
 
 def hash_split(image, label, eval_fraction):
@@ -423,7 +382,8 @@ def hash_split(image, label, eval_fraction):
 class _AssignSplit(beam.DoFn):
     def __init__(self, eval_fraction):
         self._fraction = eval_fraction
-        self.examples = {s: _counter(f"examples_{s}") for s in schema.SPLITS}
+        self.examples = {s: beam.metrics.Metrics.counter(NAMESPACE, f"examples_{s}")
+                         for s in schema.SPLITS}
 
     def process(self, element):
         split, image, label = element
@@ -449,36 +409,9 @@ class AssignSplit(beam.PTransform):
         return digits | "HashSplit" >> beam.ParDo(_AssignSplit(self._fraction))
 
 
-def encode_example(image, label):
-    """float32 [32, 32] image, int label -> serialized tf.train.Example in schema.FEATURE_SPEC."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    feature = {
-        schema.IMAGE_KEY: tf.train.Feature(float_list=tf.train.FloatList(
-            value=np.asarray(image, np.float32).reshape(-1))),
-        schema.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
-
-
-class WriteExamples(beam.PTransform):
-    """PCollection[(split, image, label)] -> examples/{split}-SSSSS-of-NNNNN.tfrecord.gz."""
-
-    def __init__(self, *, examples_dir, num_shards):
-        super().__init__()
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-        self._dir, self._num_shards = examples_dir, num_shards
-
-    def expand(self, examples):
-        by_split = examples | "PartitionBySplit" >> beam.Partition(
-            lambda element, _: schema.SPLITS.index(element[0]), len(schema.SPLITS))
-        for split, pcoll in zip(schema.SPLITS, by_split):
-            name = split.title()
-            _ = (pcoll
-                 # (split, image, label) -> serialized tf.train.Example
-                 | f"Encode{name}" >> beam.MapTuple(lambda _, image, label: encode_example(image, label))
-                 | f"Write{name}" >> beam.io.WriteToTFRecord(
-                     outputs.join(self._dir, split), file_name_suffix=schema.EXAMPLES_SUFFIX,
-                     num_shards=self._num_shards, shard_name_template="-SSSSS-of-NNNNN",
-                     compression_type=CompressionTypes.GZIP))
+def encode_example(split, image, label):
+    """One digit -> (split, label, serialized tf.train.Example in schema.FEATURE_SPEC)."""
+    return split, label, examples.serialize({
+        schema.IMAGE_KEY: examples.float_feature(np.asarray(image, np.float32).reshape(-1)),
+        schema.LABEL_KEY: examples.int64_feature([label]),
+    })

@@ -36,12 +36,10 @@ import os
 import typing
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
-from core import outputs, tokens
-from core import files
+from core import files, outputs, tokens
 from core.files import open_binary
+from pipelines import examples
 from schemas import sentiment as schema
 
 NAMESPACE = "embedflow.sentiment"
@@ -93,23 +91,13 @@ def list_sources(patterns, fmt, split, flag, labels):
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {FORMATS}, got {fmt!r}")
-    known = {name.lower() for name in labels}
     if fmt == "folders":
-        sources, metadata = [], []
-        for pattern in patterns:
-            for m, label in _list_label_folders(pattern, flag, labels):
-                sources.append(Source(fmt, split, m.path, label))
-                metadata.append(m)
-        return sources, metadata
-    found = {}
-    for pattern in patterns:
-        if fmt == "polarity" and files.is_dir(pattern):
-            matched = [m for suffix in POLARITY_SUFFIXES
-                       for m in files.match_files(outputs.join(pattern.rstrip("/"), f"*.{suffix}"), flag)]
-        else:
-            matched = files.match_files(pattern, flag)
-        found.update((m.path, m) for m in matched)
-    metadata = [found[p] for p in sorted(found)]
+        found = [f for pattern in patterns
+                 for f in examples.list_label_folders(pattern, flag, _label_namer(labels),
+                                                      _folder_layout(labels))]
+        return [Source(fmt, split, m.path, label) for m, label in found], [m for m, _ in found]
+    metadata = examples.unique_files(_match(pattern, fmt, flag) for pattern in patterns)
+    known = {name.lower() for name in labels}
     sources = []
     for m in metadata:
         label = None
@@ -125,26 +113,26 @@ def list_sources(patterns, fmt, split, flag, labels):
     return sources, metadata
 
 
-def _list_label_folders(folder, flag, labels):
-    """A folder of label subfolders -> [(FileMetadata, label)] of the files inside them."""
-    if not files.is_dir(folder):
-        raise ValueError(f"{flag} {folder}: with --format folders, give a folder holding one "
-                         f"subfolder per label ({', '.join(labels)}) of text files")
+def _match(pattern, fmt, flag):
+    """The files of one pattern; a polarity folder stands for its .pos and .neg files."""
+    if fmt == "polarity" and files.is_dir(pattern):
+        return [m for suffix in POLARITY_SUFFIXES
+                for m in files.match_files(outputs.join(pattern.rstrip("/"), f"*.{suffix}"), flag)]
+    return files.match_files(pattern, flag)
+
+
+def _folder_layout(labels):
+    return examples.FolderLayout(
+        fmt="folders", holds=f"one subfolder per label ({', '.join(labels)}) of text files",
+        rule=f"one of --labels {','.join(labels)}: name the subfolders after the labels, or "
+             "pass --labels naming them",
+        files="LABEL/FILE text file")
+
+
+def _label_namer(labels):
+    """A subfolder's name -> the label it names (case-insensitive), or None."""
     by_name = {name.lower(): name for name in labels}
-    pattern = outputs.join(folder.rstrip("/"), "*", "*")
-    found = []
-    for m in FileSystems.match([pattern])[0].metadata_list:
-        label_dir = os.path.basename(os.path.dirname(m.path))
-        if not files.is_visible(label_dir) or not files.is_visible(m.path) or files.is_dir(m.path):
-            continue
-        if label_dir.lower() not in by_name:
-            raise ValueError(f"{flag} {folder}: subfolder {label_dir!r} is not one of --labels "
-                             f"{','.join(labels)}: name the subfolders after the labels, or "
-                             "pass --labels naming them")
-        found.append((m, by_name[label_dir.lower()]))
-    if not found:
-        raise FileNotFoundError(f"{flag} {folder} holds no LABEL/FILE text file")
-    return sorted(found, key=lambda f: f[0].path)
+    return lambda folder: by_name.get(folder.lower())
 
 
 # --------------------------------------------------------------------------- readers
@@ -307,25 +295,21 @@ def _counter(name):
     return beam.metrics.Metrics.counter(NAMESPACE, name)
 
 
-class _ReadSource(beam.DoFn):
+class _ReadSource(examples.CountingReader):
     """Source -> (split, class index, text) per usable text it holds."""
 
     def __init__(self, labels, encoding, label_column, text_column):
+        super().__init__(NAMESPACE, "texts_read", SKIP_REASONS)
         self._options = dict(labels=tuple(labels), encoding=encoding, label_column=label_column,
                              text_column=text_column)
-        self.read = _counter("texts_read")
-        self.skipped = {r: _counter(f"skipped_{r}") for r in SKIP_REASONS}
-
-    def _skip(self, reason):
-        self.skipped[reason].inc()
 
     def process(self, source):
-        for label, text in read_source(source, skip=self._skip, **self._options):
+        for label, text in read_source(source, skip=self.skip, **self._options):
             self.read.inc()
             yield source.split, label, text
 
 
-class ReadLabelledText(beam.PTransform):
+class ReadLabelledText(examples.ReadSources):
     """Reads labelled texts.
 
     Input: the pipeline root. Output: PCollection[(split, int class index, str text)],
@@ -334,22 +318,11 @@ class ReadLabelledText(beam.PTransform):
 
     def __init__(self, *, sources, labels, encoding="utf-8", label_column="label",
                  text_column="text"):
-        super().__init__()
-        if not sources:
-            raise ValueError("ReadLabelledText needs at least one source")
-        bad = [s for s in sources if s.fmt not in FORMATS or s.split not in schema.SPLITS]
-        if bad:
-            raise ValueError(f"ReadLabelledText: invalid source {bad[0]}")
-        self._sources = list(sources)
-        self._fn = _ReadSource(parse_labels(",".join(labels)), encoding, label_column, text_column)
+        super().__init__(sources=sources, formats=FORMATS, splits=schema.SPLITS)
+        self._fn = _ReadSource(check_labels(labels), encoding, label_column, text_column)
 
-    def expand(self, pbegin):
-        return (pbegin
-                | "ListSources" >> beam.Create(self._sources)
-                # Spread the sources (label-folder files above all) over the workers.
-                | "SpreadSources" >> beam.Reshuffle()
-                # Source -> (split, label, text)
-                | "ReadSources" >> beam.ParDo(self._fn))
+    def reader(self):
+        return self._fn
 
 
 class _TokenizeBatch(beam.DoFn):
@@ -402,49 +375,27 @@ class TokenizeText(beam.PTransform):
                 | "ApplyTransformFn" >> beam.ParDo(_TokenizeBatch(self._corpus_dir)))
 
 
-def encode_example(ids, label, key):
-    """ids, class index, key -> serialized tf.train.Example in schema.FEATURE_SPEC."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    feature = {
-        schema.TOKEN_IDS_KEY: tf.train.Feature(int64_list=tf.train.Int64List(
-            value=[int(i) for i in ids])),
-        schema.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-        schema.TEXT_KEY_HASH: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(key)])),
-    }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+def encode_example(split, label, ids, key):
+    """One text -> (split, label, serialized tf.train.Example in schema.FEATURE_SPEC)."""
+    return split, label, examples.serialize({
+        schema.TOKEN_IDS_KEY: examples.int64_feature(ids),
+        schema.LABEL_KEY: examples.int64_feature([label]),
+        schema.TEXT_KEY_HASH: examples.int64_feature([key]),
+    })
 
 
-class WriteExamples(beam.PTransform):
-    """PCollection[(split, label, ids, key)] -> examples/{split}-SSSSS-of-NNNNN.tfrecord.gz."""
-
-    def __init__(self, *, examples_dir, num_shards, splits=schema.SPLITS):
-        super().__init__()
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-        self._dir, self._num_shards, self._splits = examples_dir, num_shards, tuple(splits)
-
-    def expand(self, examples):
-        by_split = examples | "PartitionBySplit" >> beam.Partition(
-            lambda element, _: self._splits.index(element[0]), len(self._splits))
-        for split, pcoll in zip(self._splits, by_split):
-            name = split.title()
-            _ = (pcoll
-                 # (split, label, ids, key) -> serialized tf.train.Example
-                 | f"Encode{name}" >> beam.MapTuple(
-                     lambda _, label, ids, key: encode_example(ids, label, key))
-                 | f"Write{name}" >> beam.io.WriteToTFRecord(
-                     outputs.join(self._dir, split), file_name_suffix=schema.EXAMPLES_SUFFIX,
-                     num_shards=self._num_shards, shard_name_template="-SSSSS-of-NNNNN",
-                     compression_type=CompressionTypes.GZIP))
+def check_labels(labels, text=None):
+    """Class names -> a tuple of them; raises ValueError naming `text` (or them) when unusable."""
+    labels = tuple(labels)
+    text = ",".join(labels) if text is None else text
+    if len(labels) < 2 or any(not p for p in labels):
+        raise ValueError(f"{text!r}: give at least two class names, comma-separated, "
+                         "such as 'neg,pos'")
+    if len({p.lower() for p in labels}) != len(labels):
+        raise ValueError(f"{text!r}: a class name appears twice")
+    return labels
 
 
 def parse_labels(text):
-    """`--labels` -> tuple of class names; raises ValueError when unusable."""
-    labels = tuple(p.strip() for p in str(text).split(","))
-    if len(labels) < 2 or any(not p for p in labels):
-        raise ValueError(f"--labels {text!r}: give at least two class names, comma-separated, "
-                         "such as 'neg,pos'")
-    if len({p.lower() for p in labels}) != len(labels):
-        raise ValueError(f"--labels {text!r}: a class name appears twice")
-    return labels
+    """`--labels` -> tuple of class names; raises ValueError (naming the text) when unusable."""
+    return check_labels((p.strip() for p in str(text).split(",")), text)

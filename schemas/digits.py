@@ -1,6 +1,6 @@
 """The digits job's feature spec and artifact names.
 
-The contract itself (what each file holds) is documented in `pipelines/digits.py`.
+The contract itself (what each file holds) is documented in `jobs/digits.py`.
 """
 
 import tensorflow as tf

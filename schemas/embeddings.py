@@ -10,6 +10,7 @@ PROJECTOR_VECTORS_TSV = "projector/vectors.tsv"  # Embedding Projector: one vect
 PROJECTOR_METADATA_TSV = "projector/metadata.tsv"  # Embedding Projector: word<TAB>count
 SAVED_MODEL_DIR = "saved_model"  # raw strings -> token vectors and their mean
 CHECKPOINT_SUFFIX = ".checkpoints"  # tf.train.Checkpoint in <output>.checkpoints/, beside the output
+CHECKPOINT_FINGERPRINT_FILE = "fingerprint.json"  # in the checkpoints: corpus + parameters they belong to
 LOGS_DIR = "logs"  # TensorBoard summaries
 METRICS_FILE = "metrics.json"
 

@@ -10,4 +10,5 @@ EVAL = "eval"
 SPLITS = (TRAIN, EVAL)
 EXAMPLES_DIR = "examples"
 EXAMPLES_SUFFIX = ".tfrecord.gz"
+SHARD_NAME_TEMPLATE = "-SSSSS-of-NNNNN"  # Beam's shard_name_template of the example files
 EXAMPLES_COMPRESSION = "GZIP"  # tf.data.TFRecordDataset compression_type

@@ -1,6 +1,6 @@
 """The sentiment job's feature spec and artifact names.
 
-The contract itself (what each file holds) is documented in `pipelines/sentiment.py`.
+The contract itself (what each file holds) is documented in `jobs/sentiment.py`.
 """
 
 import tensorflow as tf

@@ -30,6 +30,7 @@ import yaml
 from packaging.specifiers import SpecifierSet
 
 from embedflow import cli
+from embedflow import config as run_config
 from embedflow import run as chain_run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +109,7 @@ def test_every_step_calls_a_real_command_with_flags_its_parser_accepts(build, mo
         assert argv[0] in cli.COMMANDS, (step, argv[0])
         assert argv[0] == "run"
         args = chain_run.parse_args(argv[1:])
-        loaded = chain_run.load_config(args.config, args.assignments)
+        loaded = run_config.load_config(args.config, args.assignments)
         assert args.output_root == "gs://embedflow-data" and args.run_name == "b-1234"
         assert loaded["inputs"]["corpus"] == ["gs://embedflow-data/corpus/*.bz2"]
         stages_run += args.stages
@@ -121,7 +122,7 @@ def test_dataflow_options_of_the_corpus_step_are_beam_options(build, monkeypatch
     monkeypatch.chdir(REPO)
     argv = dict(_embedflow_calls(build[1]))["corpus"]
     args = chain_run.parse_args(argv[1:])
-    beam_args = chain_run.load_config(args.config, args.assignments)["corpus"]["beam_args"]
+    beam_args = run_config.load_config(args.config, args.assignments)["corpus"]["beam_args"]
     known = PipelineOptions([]).get_all_options(drop_default=False)
     names = [a[2:].split("=", 1)[0] for a in beam_args]
     assert all(n in known for n in names), [n for n in names if n not in known]
@@ -137,7 +138,7 @@ def test_stage_jobs_accept_the_flags_run_gives_them(monkeypatch, tmp_path):
 
     monkeypatch.chdir(REPO)
     for config_file in (None, "cloud/run.yaml"):
-        config = chain_run.load_config(config_file, ["corpus.beam_args=--runner=DataflowRunner --project=p"])
+        config = run_config.load_config(config_file, ["corpus.beam_args=--runner=DataflowRunner --project=p"])
         r = chain_run.Run(str(tmp_path), config, name="r")
         _, argv = r.job_argv("corpus", str(tmp_path / "c"))
         args, beam_args = corpus_job.parse_args(argv)
@@ -166,7 +167,7 @@ def test_corpus_dataflow_graph_builds_offline_and_its_sdist_stages(build, tmp_pa
     monkeypatch.chdir(REPO)
     argv = dict(_embedflow_calls(build[1]))["corpus"]
     run_args = chain_run.parse_args(argv[1:])
-    beam_args = chain_run.load_config(run_args.config, run_args.assignments)["corpus"]["beam_args"]
+    beam_args = run_config.load_config(run_args.config, run_args.assignments)["corpus"]["beam_args"]
     text = tmp_path / "in.txt"
     text.write_text("the cat sat on the mat\n")
     args, extra = corpus_job.parse_args(["--input", str(text), "--output", "gs://embedflow-data/runs/x/corpus",

@@ -94,6 +94,44 @@ def test_bad_flags_fail_before_work(tmp_path, flag, value, message):
         corpus_job.parse_args(["--input", "x", "--output", str(tmp_path / "o"), flag, value])
 
 
+def test_flags_keep_their_names_and_defaults_and_beam_flags_pass_through(tmp_path):
+    args, beam_args = corpus_job.parse_args(["--input", "a", "--input", "b", "--output", str(tmp_path / "o"),
+                                             "--runner", "DirectRunner", "--direct_num_workers=2"])
+    assert args.input == ["a", "b"] and args.output == str(tmp_path / "o") and args.format == "auto"
+    assert (args.min_count, args.max_vocab, args.window, args.sample) == (5, None, 5, 1e-3)
+    assert (args.max_span, args.max_line_chars, args.num_shards, args.batch_lines) == (1000, 10_000_000, 0, 512)
+    assert beam_args == ["--runner", "DirectRunner", "--direct_num_workers=2"]
+
+
+def test_input_is_required_and_format_is_one_of_the_readers_formats(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        corpus_job.parse_args(["--output", str(tmp_path / "o")])
+    assert "the following arguments are required: --input" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        corpus_job.parse_args(["--input", "x", "--output", str(tmp_path / "o"), "--format", "html"])
+    assert "invalid choice: 'html'" in capsys.readouterr().err
+
+
+def test_help_shows_each_default_once():
+    text = " ".join(corpus_job.PARAMS.add_flags(corpus_job.new_parser("c", "d")).format_help().split())
+    assert "leave out tokens seen fewer times (default 5)" in text
+    assert "skip (and count) lines longer than this (default 10,000,000)" in text
+    assert "0 = off (default 0.001)" in text and "(default None)" not in text
+
+
+def test_the_run_config_section_is_the_job_flags_but_the_paths_and_format(tmp_path):
+    assert corpus_job.PARAMS.config_keys() == ["min_count", "max_vocab", "window", "sample", "max_span",
+                                               "max_line_chars", "num_shards", "batch_lines"]
+    with pytest.raises(ValueError, match="corpus.max_span must be an integer >= 2, got 1"):
+        corpus_job.PARAMS.from_mapping({"max_span": 1}, "corpus")
+    section = corpus_job.PARAMS.from_mapping({"min_count": 2, "max_vocab": 100}, "corpus")
+    argv = corpus_job.PARAMS.to_argv({**section, "input": ["a", "b"], "output": str(tmp_path / "o"),
+                                      "format": "text"})
+    args, beam_args = corpus_job.parse_args(argv)
+    assert beam_args == [] and args.input == ["a", "b"] and args.format == "text"
+    assert {k: getattr(args, k) for k in section} == section
+
+
 def test_glob_matching_nothing_names_it(tmp_path):
     pattern = str(tmp_path / "nothing-*.txt")
     with pytest.raises(FileNotFoundError, match="nothing-\\*.txt matches no file"):
@@ -219,6 +257,10 @@ def test_tiny_corpus_end_to_end_matches_golden_info_and_hand_counts(tmp_path):
     assert stable == golden
     assert info["inputs"]["files"][0]["path"].endswith("tiny.txt")
     assert len(info["inputs"]["fingerprint"]) == 64
+    # The trainer checks the shards against these sizes before it reads them.
+    windows = os.path.join(out, schema.WINDOWS_DIR)
+    assert info["windows"]["shard_bytes"] == {n: os.path.getsize(os.path.join(windows, n))
+                                              for n in sorted(os.listdir(windows))}
 
 
 def test_transform_fn_maps_raw_text_to_the_same_ids(tmp_path):

@@ -3,6 +3,7 @@ and a short end-to-end run served from its SavedModel alone."""
 
 import gzip
 import json
+import logging
 import os
 import shutil
 import struct
@@ -102,9 +103,14 @@ def test_parse_layers_rejects_with_the_string_named(text, message):
     assert message in str(e.value)
 
 
+def checked_config(**values):
+    """A DigitsConfig built as the flags build it, errors naming the flags."""
+    return trainer.DigitsConfig.check(values, trainer.DigitsConfig.flag_of)
+
+
 def test_layers_error_message_matches_the_documented_one():
     with pytest.raises(ValueError, match=r"^--layers '1024-0-10': every layer size must be positive$"):
-        trainer.DigitsConfig(layers="1024-0-10")
+        checked_config(layers="1024-0-10")
 
 
 def test_build_model_is_the_layer_string():
@@ -139,7 +145,7 @@ def test_build_model_is_the_layer_string():
 ])
 def test_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        trainer.DigitsConfig(**kwargs)
+        checked_config(**kwargs)
 
 
 def test_parameter_budget_warns_below_ten_examples_per_parameter():
@@ -257,7 +263,7 @@ def test_idx_errors_are_clear(tmp_path):
     assert "is truncated: its header promises 4 images (3136 bytes of data), it holds 3000 bytes" \
         in _idx_error(tmp_path, images[:16 + 3000], labels)
     noise = idx_bytes(rng.integers(0, 256, size=(4, 28, 28)))
-    assert "is truncated: its gzip stream ends early" in _idx_error(
+    assert "x-images-idx3-ubyte: the gzip data is truncated or corrupt" in _idx_error(
         tmp_path, gzip.compress(noise)[:-30], gzip.compress(labels))
     assert "5 bytes follow the 4 labels" in _idx_error(tmp_path, images, labels + b"\0" * 5)
     assert "is not an IDX file" in _idx_error(tmp_path, b"P5\n28 28\n", labels)
@@ -365,7 +371,7 @@ def test_pipeline_reads_every_format_and_writes_examples(tmp_path):
             ("train", 4, mnist[0].sum() / 255), ("train", 5, mnist[1].sum() / 255),
             ("eval", 6, png.sum() / 255)]), label="CheckRead")
         digits_job.build(p, args, sources, examples_dir)
-    counts = digits_job._counters(p.result)  # pylint: disable=protected-access
+    counts = digits_job.counters(p.result)
     assert counts["skipped_label_out_of_range"] == 2  # once per pipeline branch
     assert counts["skipped_unreadable"] == 2
     assert counts["examples_train"] == 4 and counts["examples_eval"] == 1
@@ -407,6 +413,30 @@ def test_empty_eval_split_leaves_no_output(tmp_path, capsys):
     assert status == 2
     assert "the eval split is empty" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["empty.tes"]
+
+
+def test_a_digit_missing_from_train_or_too_many_skips_leave_no_output(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    rng = np.random.default_rng(10)
+    every_digit = write_file(tmp_path / "eval.tes", optdigits_text(
+        [(random_bitmap(rng), label) for label in range(10)]))
+    no_nine = write_file(tmp_path / "train.tra", optdigits_text(
+        [(random_bitmap(rng), label % 9) for label in range(27)]))
+    base = ["--input", no_nine, "--eval-input", every_digit, "--format", "optdigits",
+            "--output", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=r"^the train split holds no example of class 9 \(per class: "
+                                         r"0 3, 1 3, .* 8 3, 9 0; classes from the digits 0 \.\.\. 9\)"):
+        digits_job.run(base)
+    assert "digits: train split: 27 examples (per class: 0 3, 1 3," in caplog.text
+    # Labels out of range are skipped; 3 of 30 digits is more than 5%.
+    out_of_range = write_file(tmp_path / "train.tra", optdigits_text(
+        [(random_bitmap(rng), label) for label in list(range(10)) * 2 + [11, 12, 13]]))
+    with pytest.raises(ValueError, match=r"3 of the 33 digits read were skipped \(9.1%; "
+                                         r"label_out_of_range 3\), more than --max-skipped-fraction 0.05"):
+        digits_job.run(["--input", out_of_range, "--eval-input", every_digit, "--format", "optdigits",
+                        "--output", str(tmp_path / "out"), "--max-skipped-fraction", "0.05"])
+    assert "digits: skipped 3 digits: label_out_of_range 3" in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["eval.tes", "train.tra"]
 
 
 def test_end_to_end_train_then_serve_from_the_saved_model_alone(tmp_path, capsys):

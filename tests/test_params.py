@@ -83,6 +83,9 @@ def test_config_sections_are_checked_by_key_with_the_type_named():
     section = ToyParams.from_mapping({"min_count": 2, "folds": 3}, "toy")
     assert section == {"inputs": [], "min_count": 2, "sample": 1e-3, "max_vocab": None, "kernel": "auto",
                        "standardize": True, "compare": False, "folds": 3, "eval_fraction": None}
+    # null where no null is taken means the declared default; one string, a one-item list.
+    assert ToyParams.from_mapping({"min_count": None, "inputs": "a.txt"}, "toy")["min_count"] == 5
+    assert ToyParams.from_mapping({"inputs": "a.txt"}, "toy")["inputs"] == ["a.txt"]
     # A default that a validator derives is left to the job: not fixed in the section.
     assert ToyParams.from_mapping({}, "toy")["eval_fraction"] is None
 

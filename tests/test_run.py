@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from embedflow import cli
+from embedflow import config as run_config
+from embedflow import promotion
 from embedflow import run as chain_run
 from tests import fixtures
 
@@ -82,7 +84,10 @@ def test_first_run_computes_every_stage_writes_a_report_and_promotes(chain):
     assert 0.5 <= m["metrics"]["digit_accuracy"] <= 1 and "analogy_accuracy" in m["metrics"]
     assert all(g["passed"] for g in m["gates"])
     md = open(os.path.join(run_dir, "report.md"), encoding="utf-8").read()
-    assert "promoted" in md and "digit_accuracy" in md and "| cat |" in md and "nosuchword" in md
+    # The verdict leads, then the headline metrics with their change against latest.
+    assert md.splitlines()[2].startswith("**Promoted: every gate passed")
+    assert md.index("## Headline metrics") < md.index("## Stages")
+    assert "| digit_accuracy |" in md and "| cat |" in md and "nosuchword" in md
     assert os.path.exists(os.path.join(run_dir, "report.html"))
     for plot in ("pca.png", "confusion_matrix.png"):
         with open(os.path.join(run_dir, "report", plot), "rb") as f:
@@ -189,12 +194,12 @@ def test_bad_json_config_and_set_are_errors_naming_the_key(tmp_path):
     path = tmp_path / "bad.json"
     path.write_text(json.dumps({"digits": {"epochs": "many"}}))
     with pytest.raises(ValueError, match="digits.epochs"):
-        chain_run.load_config(str(path))
+        run_config.load_config(str(path))
     with pytest.raises(ValueError, match="--set train.dim=-1: train.dim"):
-        chain_run.load_config(None, ["train.dim=-1"])
+        run_config.load_config(None, ["train.dim=-1"])
     with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
-        chain_run.load_config(None, ["epochs=1"])
-    assert chain_run.load_config(None, ["train.epochs=1", "inputs.corpus=a.txt"])["inputs"]["corpus"] == ["a.txt"]
+        run_config.load_config(None, ["epochs=1"])
+    assert run_config.load_config(None, ["train.epochs=1", "inputs.corpus=a.txt"])["inputs"]["corpus"] == ["a.txt"]
 
 
 def test_missing_input_fails_before_any_work(tmp_path):
@@ -207,9 +212,55 @@ def test_gates_check_minimums_and_regressions_against_latest():
     gates = {"min_analogy_accuracy": 0.1, "min_digit_accuracy": 0.9, "min_sentiment_accuracy": None,
              "max_regression": 0.02}
     new = {"analogy_accuracy": 0.3, "digit_accuracy": 0.95, "similarity_spearman": 0.5}
-    assert all(g["passed"] for g in chain_run.check_gates(new, gates, None))
+    assert all(g["passed"] for g in promotion.check_gates(new, gates, None))
     latest = {"analogy_accuracy": 0.33, "digit_accuracy": 0.96, "similarity_spearman": 0.5}
-    failed = [g for g in chain_run.check_gates(new, gates, latest) if not g["passed"]]
+    failed = [g for g in promotion.check_gates(new, gates, latest) if not g["passed"]]
     assert [(g["gate"], g["metric"]) for g in failed] == [("max_regression", "analogy_accuracy")]
-    missing = chain_run.check_gates({"analogy_accuracy": 0.3}, gates, None)
+    missing = promotion.check_gates({"analogy_accuracy": 0.3}, gates, None)
     assert [g["metric"] for g in missing if not g["passed"]] == ["digit_accuracy"]
+
+
+def test_the_default_run_finds_the_bundled_sample_from_any_directory(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = run_config.load_config()
+    assert config["inputs"]["corpus"] == [os.path.join(REPO, "sample", "corpus", "*.gz")]
+    manifest = chain_run.run(["--stages", "corpus", "--output-root", "out", "--set", "corpus.min_count=200"])
+    assert manifest["status"] == "incomplete" and manifest["stages"]["corpus"]["status"] == "ran"
+    assert [f["path"] for f in manifest["inputs"]["corpus"]["files"]] == [
+        os.path.join(REPO, "sample", "corpus", f"wiki_0{i}.gz") for i in range(4)]
+    corpus_dir = os.path.join("out", chain_run.RUNS_DIR, manifest["run"], "corpus")
+    assert os.path.exists(os.path.join(corpus_dir, "COMPLETED"))
+    assert os.listdir(elsewhere) == ["out"]  # nothing else written where it ran
+
+
+def test_the_installed_sample_is_found_under_the_prefix(tmp_path, monkeypatch):
+    installed = tmp_path / "prefix" / "share" / "embedflow" / "sample"
+    fixtures.write(str(installed / "ATTRIBUTION.md"), "sample\n")
+    monkeypatch.setattr(run_config.sys, "prefix", str(tmp_path / "prefix"))
+    monkeypatch.setattr(run_config.os.path, "abspath", lambda p: str(tmp_path / "site" / "embedflow" / "x.py"))
+    assert run_config.sample_dir() == str(installed)
+
+
+def test_analogy_pairs_are_projected_and_drawn_as_arrows(tmp_path):
+    from embedflow import report  # pylint: disable=import-outside-toplevel
+    from trainer import evaluate  # pylint: disable=import-outside-toplevel
+    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
+
+    words = ["france", "paris", "italy", "rome", "he", "she", "king", "queen", "his", "her", "spain"]
+    rng = np.random.default_rng(0)
+    vectors = WordVectors(words, rng.normal(size=(len(words), 8)).astype(np.float32))
+    questions = [("capital-common-countries", ("france", "paris", "italy", "rome")),
+                 ("capital-common-countries", ("italy", "rome", "spain", "madrid")),  # madrid: unknown
+                 ("family", ("he", "she", "king", "queen")), ("family", ("he", "she", "his", "her")),
+                 ("gram1-adjective-to-adverb", ("king", "queen", "he", "she"))]
+    groups = evaluate.analogy_pairs(questions, vectors)
+    assert groups == {"country-capital": [("france", "paris"), ("italy", "rome")],
+                      "male-female": [("he", "she"), ("king", "queen"), ("his", "her")]}
+    projected = evaluate.project_pairs(vectors, groups)
+    assert sorted(projected["male-female"]["xy"]) == ["he", "her", "his", "king", "queen", "she"]
+    assert abs(sum(x for x, _ in projected["male-female"]["xy"].values())) < 1e-4  # centred
+    path = tmp_path / "pairs.png"
+    report.plot_pairs(projected, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

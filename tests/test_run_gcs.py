@@ -10,6 +10,9 @@ import json
 
 from core import outputs
 from embedflow import report
+from embedflow import config as run_config
+from embedflow import promotion
+from embedflow import lineage
 from embedflow import run as chain_run
 from tests.gcs import gcs  # noqa: F401  pylint: disable=unused-import  (pytest fixture)
 
@@ -29,20 +32,20 @@ def test_reuse_latest_and_report_on_gcs(gcs):  # pylint: disable=redefined-outer
     outputs.write_text(outputs.join(first, "corpus" + chain_run.STAGE_RECORD_SUFFIX),
                          json.dumps({"stage": "corpus", "fingerprint": "f" * 64, "status": "ran"}))
 
-    new = chain_run.Run(root, chain_run.load_config(), name="20260102T000000Z-bbbbbb")
+    new = chain_run.Run(root, run_config.load_config(), name="20260102T000000Z-bbbbbb")
     assert new.find_reusable("corpus", "0" * 64) is None
     source_run, source = new.find_reusable("corpus", "f" * 64)
     assert source_run == "20260101T000000Z-aaaaaa"
-    chain_run.copy_stage(source, new.stage_dir("corpus"))
+    lineage.copy_stage(source, new.stage_dir("corpus"))
     copied = sorted(n for n in gcs.list("root/runs/20260102T000000Z-bbbbbb/"))
     assert copied == [f"root/runs/20260102T000000Z-bbbbbb/corpus/{n}"
                       for n in ("COMPLETED", "info.json", "vocab.tsv", "windows/w-0.tfrecord")]
     assert outputs.read_info(new.stage_dir("corpus"))["vocab_size"] == 1
     assert not [n for n in gcs.list("root/") if ".partial-" in n]  # staging gone
 
-    assert chain_run.read_latest(root) is None
-    chain_run.write_latest(root, new.name)
-    assert chain_run.read_latest(root) == new.name and gcs.download("root/latest") == new.name.encode() + b"\n"
+    assert promotion.read_latest(root) is None
+    promotion.write_latest(root, new.name)
+    assert promotion.read_latest(root) == new.name and gcs.download("root/latest") == new.name.encode() + b"\n"
 
     outputs.write_text(outputs.join(new.dir, "evaluation", "pca.json"), json.dumps(
         {"words": ["a", "b", "c"], "xy": [[0, 1], [1, 0], [0.5, 0.5]], "explained_variance": [0.6, 0.3]}))

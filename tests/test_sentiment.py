@@ -3,6 +3,7 @@ model's pieces, cross-validation, and an end-to-end run on a tiny corpus where p
 embeddings must beat scratch, served from its SavedModel alone."""
 
 import json
+import logging
 import os
 import shutil
 
@@ -65,6 +66,11 @@ def expected_ids(corpus_dir, tokens):
     """Ids of already-tokenized words looked up by hand in vocab.tsv (OOV: vocab_size)."""
     vocab = {t: i for i, (t, _) in enumerate(fixtures.read_vocab(corpus_dir))}
     return [vocab.get(t, len(vocab)) for t in tokens]
+
+
+def checked_config(**values):
+    """A SentimentConfig built as the flags build it, errors naming the flags."""
+    return trainer.SentimentConfig.check(values, trainer.SentimentConfig.flag_of)
 
 
 class Skips(list):
@@ -169,8 +175,7 @@ def test_bad_flags_fail_before_work(tmp_path, flags, message):
     argv = ["--input", "x.tsv", "--format", "tsv", "--corpus", "c", "--embeddings", "e",
             "--output", str(tmp_path / "out"), *flags]
     with pytest.raises(ValueError, match=message):
-        args, _ = sentiment_job.parse_args(argv)
-        trainer.config_from_args(args)
+        sentiment_job.parse_args(argv)
     assert os.listdir(tmp_path) == []
 
 
@@ -236,7 +241,7 @@ def test_token_mean_ignores_padding_and_oov():
     # The table is frozen: batch norm's scale and offset, the hidden and output layers.
     assert trainer.trainable_params(model) == 2 * 3 + 3 * 64 + 64 + 64 + 1
     with pytest.raises(ValueError, match="--hidden must be >= 1"):
-        trainer.SentimentConfig(hidden=0)
+        checked_config(hidden=0)
 
 
 def test_lazy_adam_moves_only_the_rows_a_batch_holds():
@@ -277,7 +282,7 @@ def test_pretrained_rows_are_fine_tuned_at_a_fraction_of_the_rate():
     scratch = trainer.build_model(config, vocab_size=5, dim=3, num_classes=2)
     assert pretrained.optimizer.sparse_scale == 0.25 and scratch.optimizer.sparse_scale == 1.0
     with pytest.raises(ValueError, match="--fine-tune-rate must be > 0"):
-        trainer.SentimentConfig(fine_tune_rate=0)
+        checked_config(fine_tune_rate=0)
 
 
 def test_folds_validation_and_curve_subsets_are_deterministic_hashes():
@@ -295,6 +300,28 @@ def test_folds_validation_and_curve_subsets_are_deterministic_hashes():
     assert sorted(order.tolist()) == list(range(301))
     with pytest.raises(ValueError, match="--folds 400: .* would be empty"):
         trainer.make_splits(examples, None, 400, None)
+
+
+def test_a_held_out_set_without_a_class_is_refused():
+    keys = np.array([job.text_hash(f"text {i}") for i in range(200)])
+    pool, units, description = trainer.make_splits(
+        trainer.Examples([np.array([1])] * 200, np.zeros(200, np.int64), keys), None, None, 0.1)
+    held = units[0][2]
+    labels = np.zeros(200, np.int64)
+    labels[units[0][1][:50]] = 1  # class 1 only in the training part
+    pool = trainer.Examples(pool.ids, labels, keys)
+    with pytest.raises(ValueError, match=r"the held-out 0.1 of --input .* holds no example of class "
+                                         rf"pos \(per class: neg {len(held)}, pos 0; classes from "
+                                         r"--labels neg,pos\)"):
+        trainer.check_units(pool, units, LABELS, description)
+    labels[held[:1]] = 1
+    trainer.check_units(trainer.Examples(pool.ids, labels, keys), units, LABELS, description)
+    # A fold's test set may lack a class (warned of); its training set may not.
+    fold_units = [("fold 0", np.arange(100, 200), np.arange(100)),
+                  ("fold 1", np.arange(100), np.arange(100, 200))]
+    one_sided = np.r_[np.zeros(100, np.int64), np.ones(100, np.int64)]
+    with pytest.raises(ValueError, match="the training set of fold 0 holds no example of class neg"):
+        trainer.check_units(trainer.Examples(pool.ids, one_sided, keys), fold_units, LABELS, "2 folds")
 
 
 # ---------------------------------------------------------------------- whole runs
@@ -322,6 +349,26 @@ def test_inputs_are_checked_before_any_work(tmp_path, topic_embeddings, capsys):
     assert sorted(os.listdir(tmp_path)) == ["eval.tsv", "other", "train.tsv"]
 
 
+def test_a_one_class_dataset_is_refused_with_the_counts(tmp_path, topic_embeddings, caplog):
+    """Issue #10: positive rows without their label cell left a one-class set scored 1.0."""
+    caplog.set_level(logging.INFO)
+    corpus_dir, embeddings_dir = topic_embeddings
+    rows = topic_texts({"neg": NEGATIVE, "": POSITIVE}, 28, seed=4)
+    train = write_tsv(tmp_path / "in" / "train.tsv", rows)
+    argv = ["--input", train, "--format", "tsv", "--corpus", corpus_dir, "--embeddings",
+            embeddings_dir, "--output", str(tmp_path / "out"), "--folds", "2"]
+    with pytest.raises(ValueError, match=r"28 of the 56 texts read were skipped \(50.0%; unknown_label "
+                                         r"28\), more than --max-skipped-fraction 0.1: .* pass "
+                                         r"--max-skipped-fraction 0.5 to train on the rest"):
+        sentiment_job.run(argv)
+    assert "sentiment: skipped 28 texts: unknown_label 28" in caplog.text
+    with pytest.raises(ValueError, match=r"^the train split holds no example of class pos \(per class: "
+                                         r"neg 28, pos 0; classes from --labels neg,pos\)"):
+        sentiment_job.run(argv + ["--max-skipped-fraction", "0.5"])
+    assert "sentiment: train split: 28 examples (per class: neg 28, pos 0)" in caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
 def test_cross_validation_tests_every_example_once(tmp_path, topic_embeddings):
     corpus_dir, embeddings_dir = topic_embeddings
     vocab = {t: i for i, (t, _) in enumerate(fixtures.read_vocab(corpus_dir))}
@@ -330,10 +377,11 @@ def test_cross_validation_tests_every_example_once(tmp_path, topic_embeddings):
         [np.array(expected_ids(corpus_dir, text.rstrip(".!,").lower().split())) for _, text in rows],
         np.array([label for label, _ in rows]), np.array([job.text_hash(t) for _, t in rows]))
     config = trainer.SentimentConfig(epochs=10, batch_size=16, min_epoch_batches=4, seed=2)
-    report = trainer.train(config, examples=examples, eval_examples=None, folds=2, eval_fraction=None,
-                           vectors=trainer.load_vectors(embeddings_dir, len(vocab)),
-                           corpus_dir=corpus_dir, labels=LABELS, compare_scratch=False,
-                           curve_sizes=(12,), output_dir=str(tmp_path))
+    data = trainer.Data(examples=examples, eval_examples=None,
+                        vectors=trainer.load_vectors(embeddings_dir, len(vocab)), labels=LABELS)
+    evaluation = trainer.Evaluation(folds=2, eval_fraction=None, compare_scratch=False,
+                                    curve_sizes=(12,))
+    report = trainer.train(config, data, evaluation, corpus_dir=corpus_dir, output_dir=str(tmp_path))
     metrics = json.load(open(tmp_path / schema.METRICS_FILE, encoding="utf-8"))
     assert metrics["examples"] == 90 and np.sum(metrics["pretrained"]["confusion_matrix"]) == 90
     assert len(metrics["pretrained"]["split_accuracy"]["values"]) == 2

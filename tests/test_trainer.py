@@ -99,7 +99,8 @@ def test_radius_limits_each_centre_and_padding_pairs_with_nothing():
 def test_dynamic_window_keeps_distance_d_with_probability_w_minus_d_plus_1_over_w(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
     window = 4
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=20000, sample=0.0, window=window)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=20000, sample=0.0,
+                                  window=window)
     batch = next(iter(skipgram.make_dataset(corpus, config, epoch=0)))
     masks = skipgram.context_masks(batch["rows"], batch["radius"], window)
     rows = batch["rows"].numpy()
@@ -111,7 +112,7 @@ def test_dynamic_window_keeps_distance_d_with_probability_w_minus_d_plus_1_over_
 
 def test_batches_keep_runs_whole_and_in_order(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=1000, sample=0.0)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=1000, sample=0.0)
     batch = next(iter(skipgram.make_dataset(corpus, config, epoch=0)))
     rows = batch["rows"].numpy()
     # a run is contiguous: once left, a run id never comes back
@@ -122,7 +123,8 @@ def test_batches_keep_runs_whole_and_in_order(topic_corpus):
 
 def test_one_epoch_of_batches_accounts_for_every_corpus_word(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=300, negatives=3, sample=0.0)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=300, negatives=3,
+                                  sample=0.0)
     words = tokens = 0.0
     for batch in skipgram.make_dataset(corpus, config, epoch=0):
         assert batch["negatives"].shape[0] == batch["ids"].shape[0] <= 300
@@ -134,7 +136,7 @@ def test_one_epoch_of_batches_accounts_for_every_corpus_word(topic_corpus):
 
 def test_subsampling_drops_frequent_words_more(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=10**6, sample=1e-2)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=10**6, sample=1e-2)
     ids = next(iter(skipgram.make_dataset(corpus, config, epoch=0)))["ids"].numpy()
     kept = np.bincount(ids, minlength=len(corpus.vocab)) / corpus.counts
     expected = skipgram.keep_probabilities(corpus.counts, 1e-2)
@@ -144,7 +146,7 @@ def test_subsampling_drops_frequent_words_more(topic_corpus):
 
 def test_epochs_draw_differently_and_reproducibly(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(topic_corpus, "unused", batch_size=4096)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=4096)
     first = lambda e: next(iter(skipgram.make_dataset(corpus, config, e)))["ids"].numpy()  # noqa: E731
     assert np.array_equal(first(0), first(0))
     assert not np.array_equal(first(0), first(1))
@@ -155,6 +157,8 @@ def test_epochs_draw_differently_and_reproducibly(topic_corpus):
     ("--epochs", "0", "--epochs must be >= 1"),
     ("--learning-rate", "0", "--learning-rate must be > 0"),
     ("--strategy", "tpu", "--strategy tpu needs --tpu ADDRESS"),
+    ("--checkpoint-every-steps", "0", "--checkpoint-every-steps must be >= 1, got 0"),
+    ("--sample", "1", r"--sample must be in \[0, 1\), got 1.0"),
 ])
 def test_bad_flags_fail_before_work(tmp_path, flag, value, message):
     with pytest.raises(ValueError, match=message):
@@ -207,7 +211,7 @@ def test_train_export_and_serve_from_saved_model_alone(tmp_path, topic_corpus):
 
 def test_killed_run_resumes_from_checkpoint(tmp_path, topic_corpus):
     out = str(tmp_path / "emb")
-    argv = [sys.executable, "-m", "trainer.skipgram", "--corpus", topic_corpus, "--output", out, "--dim", "32",
+    argv = [sys.executable, "-m", "jobs.train", "--corpus", topic_corpus, "--output", out, "--dim", "32",
             "--epochs", "40", "--batch-size", "256", "--checkpoint-every-steps", "5"]
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -324,7 +328,7 @@ def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
     import json  # pylint: disable=import-outside-toplevel
     out = str(tmp_path / "emb")
     workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
-    argv = [sys.executable, "-m", "trainer.skipgram", "--corpus", topic_corpus, "--output", out,
+    argv = [sys.executable, "-m", "jobs.train", "--corpus", topic_corpus, "--output", out,
             "--strategy", "multiworker", "--dim", "32", "--epochs", "3", "--batch-size", "512"]
     procs = []
     for index in range(2):

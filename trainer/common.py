@@ -1,15 +1,18 @@
-"""Training plumbing shared by the trainers: parameter budget, classification metrics, plots.
+"""Training plumbing shared by the trainers: parameter budget, class checks, classification metrics.
 
-Plots use matplotlib's object API on the Agg canvas (no pyplot, no display), and every
-writer goes through Beam's `FileSystems`, so outputs may live on gs://.
+The plots are in `core/plots.py`.
 """
 
+import logging
 import math
 
 import numpy as np
 
 # The rule of thumb: about ten training examples per trainable parameter.
 EXAMPLES_PER_PARAMETER_RULE = 10.0
+# A class is rare when it holds less than this share of what an even split would give
+# it: under 10% of a two-class set, under 2% of a ten-class one.
+RARE_CLASS_SHARE = 0.2
 
 
 def count_params(model):
@@ -38,6 +41,41 @@ def parameter_budget(num_params, num_examples, rule=EXAMPLES_PER_PARAMETER_RULE)
                    "parameters): expect overfitting, watch the train/eval accuracy gap, and "
                    "prefer a smaller model or more data")
     return ratio, line, warning
+
+
+def check_classes(counts, class_names, where, *, named_by, required=True):
+    """Refuses (or warns of) a set of examples without every class; warns of a rare class.
+
+    A model trained without a class never predicts it, and one scored without a class
+    can score as perfect (always answering the one class there is), so a missing class
+    is an error wherever `required`.
+
+    Args:
+      counts: examples per class, in class-index order.
+      class_names: the names of the classes, same order.
+      where: what the examples are, for messages: "the train split".
+      named_by: what names the classes, for messages: "--labels neg,pos".
+      required: a missing class is an error (else a warning).
+
+    Raises:
+      ValueError: naming `where`, the count of every class and `named_by`.
+    """
+    total = int(sum(counts))
+    per_class = ", ".join(f"{name} {int(n):,}" for name, n in zip(class_names, counts))
+    missing = [str(name) for name, n in zip(class_names, counts) if n == 0]
+    if missing and required:
+        raise ValueError(
+            f"{where} holds no example of class {', '.join(missing)} (per class: {per_class}; "
+            f"classes from {named_by}): training and evaluation need every class, or a model "
+            "that answers one class scores as perfect. Check the labels of the input (and the "
+            "skipped counts), or name only the classes the data holds.")
+    share = RARE_CLASS_SHARE / len(class_names)
+    rare = [str(name) for name, n in zip(class_names, counts) if n < share * total]
+    if rare:
+        logging.warning("%s is imbalanced: class %s holds less than %.3g%% of its %d examples "
+                        "(per class: %s); accuracy then mostly measures the other classes, "
+                        "watch per-class recall", where, ", ".join(rare), 100 * share, total,
+                        per_class)
 
 
 def classification_metrics(labels, predicted, num_classes):

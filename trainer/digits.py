@@ -1,25 +1,27 @@
 """Digit MLP trainer: a Keras MLP given as a layer string such as "1024-512-10".
 
-Reads the example TFRecords of the digits job (`pipelines/digits.py` documents the
+Reads the example TFRecords of the digits job (`jobs/digits.py` documents the
 directory), prints the parameter budget, trains with Adam on sparse cross-entropy,
 divides the learning rate when eval loss stalls, stops early on eval loss (keeping the
 best epoch's weights), and writes the SavedModel, metrics.json and the plots.
-`pipelines.digits.run` calls `train` after preprocessing.
+`jobs.digits.run` calls `train` after preprocessing. `DigitsConfig` declares the
+training parameters once: their flags, defaults and checks.
 
 Hidden layers are Dense + ReLU, each followed by dropout while training (`dropout`, 0
 turns it off; serving never drops); the output layer is Dense + softmax.
 """
 
-import dataclasses
 import logging
 import re
 import time
 
 import keras  # Keras 3, explicitly: tf.keras may be Keras 2 (see TF_USE_LEGACY_KERAS)
 import numpy as np
+import pydantic
 import tensorflow as tf
 
 from core import outputs, plots
+from core.params import Params, param
 from schemas import digits as schema
 from trainer import common
 
@@ -38,75 +40,62 @@ def parse_layers(text, num_inputs=schema.IMAGE_PIXELS, num_classes=schema.NUM_CL
       tuple of ints, at least (num_inputs, num_classes).
 
     Raises:
-      ValueError: naming the string, when it is not of that form.
+      ValueError: "--layers '...': why", when it is not of that form.
     """
+    try:
+        return _layer_sizes(text, num_inputs, num_classes)
+    except ValueError as e:
+        raise ValueError(f"--layers {e}") from None
+
+
+def _layer_sizes(text, num_inputs, num_classes):
+    """`parse_layers` without the flag's name in its messages."""
     parts = [p.strip() for p in str(text).split("-")]
     if not all(_LAYER_SIZE.fullmatch(p) for p in parts):
-        raise ValueError(f"--layers {text!r}: expected layer sizes joined by '-', input first, "
+        raise ValueError(f"{text!r}: expected layer sizes joined by '-', input first, "
                          f"such as '{num_inputs}-512-{num_classes}'")
     sizes = tuple(int(p) for p in parts)
     if len(sizes) < 2:
-        raise ValueError(f"--layers {text!r}: needs at least the input and output sizes, "
+        raise ValueError(f"{text!r}: needs at least the input and output sizes, "
                          f"such as '{num_inputs}-{num_classes}'")
     if any(s <= 0 for s in sizes):
-        raise ValueError(f"--layers {text!r}: every layer size must be positive")
+        raise ValueError(f"{text!r}: every layer size must be positive")
     if sizes[0] != num_inputs:
-        raise ValueError(f"--layers {text!r}: the first size must be {num_inputs}, the "
+        raise ValueError(f"{text!r}: the first size must be {num_inputs}, the "
                          f"{schema.IMAGE_SIZE}x{schema.IMAGE_SIZE} input pixels")
     if sizes[-1] != num_classes:
-        raise ValueError(f"--layers {text!r}: the last size must be {num_classes}, "
+        raise ValueError(f"{text!r}: the last size must be {num_classes}, "
                          "the number of classes")
     return sizes
 
 
-@dataclasses.dataclass(frozen=True)
-class DigitsConfig:
-    """Model and training settings; the defaults are the CLI's."""
-    layers: str = "1024-512-10"
-    epochs: int = 30
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    dropout: float = 0.5  # after every hidden layer, while training
-    lr_decay_factor: float = 0.2  # learning rate x this ...
-    lr_decay_patience: int = 1  # ... after this many epochs without a lower eval loss
-    patience: int = 4  # stop after this many epochs without a lower eval loss
-    shuffle_buffer: int = 10_000
-    seed: int = 0
+class DigitsConfig(Params):
+    """The MLP and its training: the training flags of `embedflow digits` (see jobs/digits.py)."""
 
-    def __post_init__(self):
-        checks = [
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (0 < self.lr_decay_factor <= 1,
-             f"--lr-decay-factor must be in (0, 1], got {self.lr_decay_factor}"),
-            (self.lr_decay_patience >= 0,
-             f"--lr-decay-patience must be >= 0, got {self.lr_decay_patience}"),
-            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
-            (self.shuffle_buffer >= 1, f"--shuffle-buffer must be >= 1, got {self.shuffle_buffer}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        parse_layers(self.layers)
+    layers: str = param("1024-512-10", help="MLP layer sizes, input to output")
+    epochs: int = param(30, ge=1, help="most epochs")
+    batch_size: int = param(128, ge=1, help="batch size")
+    learning_rate: float = param(1e-3, gt=0, help="Adam learning rate")
+    dropout: float = param(0.5, ge=0, lt=1,
+                           help="dropout after every hidden layer while training; 0 = off")
+    lr_decay_factor: float = param(0.2, gt=0, le=1,
+                                   help="multiply the learning rate by this when eval loss stalls; "
+                                        "1 = off")
+    lr_decay_patience: int = param(1, ge=0,
+                                   help="epochs without a lower eval loss before that")
+    patience: int = param(4, ge=0, help="stop after this many epochs without a lower eval loss")
+    shuffle_buffer: int = param(10_000, ge=1, help="training examples shuffled together")
+    seed: int = param(0, ge=0, help="seed of weights and shuffling")
+
+    @pydantic.field_validator("layers")
+    @classmethod
+    def _check_layers(cls, text):
+        _layer_sizes(text, schema.IMAGE_PIXELS, schema.NUM_CLASSES)
+        return text
 
     @property
     def layer_sizes(self):
         return parse_layers(self.layers)
-
-
-def config_from_args(args):
-    """The DigitsConfig of parsed `embedflow digits` flags (validated)."""
-    return DigitsConfig(layers=args.layers, epochs=args.epochs, batch_size=args.batch_size,
-                        learning_rate=args.learning_rate, dropout=args.dropout,
-                        lr_decay_factor=args.lr_decay_factor,
-                        lr_decay_patience=args.lr_decay_patience, patience=args.patience,
-                        shuffle_buffer=args.shuffle_buffer, seed=args.seed)
-
-
-def config_dict(config):
-    return {**dataclasses.asdict(config), "layer_sizes": list(config.layer_sizes)}
 
 
 def build_model(config):
@@ -209,9 +198,49 @@ def train(config, *, train_files, eval_files, train_count, eval_count, output_di
         print(f"digits: WARNING: {warning}", flush=True)
         logging.warning("digits: %s", warning)
 
+    eval_data = make_dataset(eval_files, batch_size=max(config.batch_size, 1024), count=eval_count)
+    history, best_epoch = fit(config, model, train_files, train_count, eval_data)
+    trained = time.time()
+    # Train accuracy over the whole training set with the kept weights, not the running
+    # average Keras logs while the weights change.
+    train_metrics = common.classification_metrics(
+        *predict_classes(model, make_dataset(train_files, batch_size=1024, count=train_count)),
+        schema.NUM_CLASSES)
+    eval_metrics = common.classification_metrics(
+        *predict_classes(model, eval_data), schema.NUM_CLASSES)
+    gap = train_metrics["accuracy"] - eval_metrics["accuracy"]
+    print(f"digits: kept epoch {best_epoch + 1} of {len(history['loss'])}: train accuracy "
+          f"{train_metrics['accuracy']:.4f}, eval accuracy {eval_metrics['accuracy']:.4f}, "
+          f"gap {gap:+.4f}", flush=True)
+
+    export_model(model, outputs.join(output_dir, schema.MODEL_DIR))
+    write_metrics(config, output_dir, eval_metrics, train_metrics, history, best_epoch)
+    return {
+        "layers": config.layers,
+        "parameters": num_params,
+        "train_examples": train_count,
+        "examples_per_parameter": ratio,
+        "parameter_warning": warning,
+        "epochs_run": len(history["loss"]),
+        "best_epoch": best_epoch + 1,
+        "stopped_early": len(history["loss"]) < config.epochs,
+        "train_accuracy": train_metrics["accuracy"],
+        "eval_accuracy": eval_metrics["accuracy"],
+        "eval_examples": eval_metrics["examples"],
+        "accuracy_gap": gap,
+        "seconds": round(time.time() - started, 2),
+        "seconds_fit": round(trained - started, 2),
+    }
+
+
+def fit(config, model, train_files, train_count, eval_data):
+    """Trains `model` with early stopping on eval loss, the best epoch's weights kept.
+
+    Returns:
+      (Keras history dict, best epoch 0-based).
+    """
     train_data = make_dataset(train_files, batch_size=config.batch_size, count=train_count,
                               shuffle_buffer=config.shuffle_buffer, seed=config.seed)
-    eval_data = make_dataset(eval_files, batch_size=max(config.batch_size, 1024), count=eval_count)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
                                             restore_best_weights=True)
     callbacks = [stopper]
@@ -221,32 +250,20 @@ def train(config, *, train_files, eval_files, train_count, eval_count, output_di
             patience=config.lr_decay_patience, min_lr=config.learning_rate * 1e-3, verbose=1))
     history = model.fit(train_data, validation_data=eval_data, epochs=config.epochs,
                         callbacks=callbacks, shuffle=False, verbose=2)
-    history = {k: [float(v) for v in values] for k, values in history.history.items()}
-    epochs_run = len(history["loss"])
-    best_epoch = int(stopper.best_epoch)
-    trained = time.time()
+    return ({k: [float(v) for v in values] for k, values in history.history.items()},
+            int(stopper.best_epoch))
 
-    # Train accuracy over the whole training set with the kept weights, not the running
-    # average Keras logs while the weights change.
-    train_metrics = common.classification_metrics(
-        *predict_classes(model, make_dataset(train_files, batch_size=1024, count=train_count)),
-        schema.NUM_CLASSES)
-    eval_metrics = common.classification_metrics(
-        *predict_classes(model, eval_data), schema.NUM_CLASSES)
-    gap = train_metrics["accuracy"] - eval_metrics["accuracy"]
-    print(f"digits: kept epoch {best_epoch + 1} of {epochs_run}: train accuracy "
-          f"{train_metrics['accuracy']:.4f}, eval accuracy {eval_metrics['accuracy']:.4f}, "
-          f"gap {gap:+.4f}", flush=True)
 
-    export_model(model, outputs.join(output_dir, schema.MODEL_DIR))
+def write_metrics(config, output_dir, eval_metrics, train_metrics, history, best_epoch):
+    """Writes metrics.json and the plots (see jobs/digits.py)."""
     metrics = {
         **eval_metrics,
         "split": schema.EVAL,
         "train": train_metrics,
         "train_accuracy": train_metrics["accuracy"],
-        "accuracy_gap": gap,
+        "accuracy_gap": train_metrics["accuracy"] - eval_metrics["accuracy"],
         "best_epoch": best_epoch + 1,
-        "epochs_run": epochs_run,
+        "epochs_run": len(history["loss"]),
         "history": history,
         "class_names": list(range(schema.NUM_CLASSES)),
     }
@@ -257,19 +274,3 @@ def train(config, *, train_files, eval_files, train_count, eval_count, output_di
         title=f"{config.layers}: eval confusion matrix (accuracy {eval_metrics['accuracy']:.4f})")
     plots.plot_learning_curves(history, outputs.join(output_dir, schema.LEARNING_CURVES_PLOT),
                                 best_epoch=best_epoch, title=f"{config.layers}: learning curves")
-    return {
-        "layers": config.layers,
-        "parameters": num_params,
-        "train_examples": train_count,
-        "examples_per_parameter": ratio,
-        "parameter_warning": warning,
-        "epochs_run": epochs_run,
-        "best_epoch": best_epoch + 1,
-        "stopped_early": epochs_run < config.epochs,
-        "train_accuracy": train_metrics["accuracy"],
-        "eval_accuracy": eval_metrics["accuracy"],
-        "eval_examples": eval_metrics["examples"],
-        "accuracy_gap": gap,
-        "seconds": round(time.time() - started, 2),
-        "seconds_fit": round(trained - started, 2),
-    }

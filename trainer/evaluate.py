@@ -148,3 +148,50 @@ def evaluate(vectors, analogies=None, similarity=(), restrict_vocab=30000):
     return result
 
 
+
+
+# Analogy sections whose word pairs show structure in a 2D projection, as in the
+# word2vec papers: the offset from a country to its capital, from a man to a woman.
+PAIR_GROUPS = {"country-capital": ("capital-common-countries",), "male-female": ("family",)}
+
+
+def analogy_pairs(questions, vectors, per_group=10, restrict_vocab=30000):
+    """{group: [(a, b), ...]}: distinct word pairs of the PAIR_GROUPS sections, both words
+    among the `restrict_vocab` most frequent, most frequent pairs first."""
+    rank = {w: i for i, w in enumerate(vectors.index_to_key[:restrict_vocab])}
+    groups = {}
+    for group, sections in PAIR_GROUPS.items():
+        seen = set()
+        for section, (a, b, c, d) in questions:
+            if section in sections:
+                seen.update(p for p in ((a, b), (c, d)) if p[0] in rank and p[1] in rank)
+        pairs = sorted(seen, key=lambda p: (max(rank[p[0]], rank[p[1]]), p))
+        # A word in two pairs (he-she, he-his) would draw a star: keep its first pair.
+        kept, used = [], set()
+        for a, b in pairs:
+            if a not in used and b not in used:
+                kept.append((a, b))
+                used.update((a, b))
+        if kept:
+            groups[group] = kept[:per_group]
+    return groups
+
+
+def project_pairs(vectors, groups):
+    """Each group's words on the first two principal components of their unit vectors.
+
+    Returns:
+      {group: {"pairs": [[a, b]], "xy": {word: [x, y]}, "explained_variance": [v1, v2]}}.
+    """
+    projected = {}
+    for group, pairs in groups.items():
+        words = [w for pair in pairs for w in pair]
+        rows = np.stack([vectors.unit_vectors[vectors.index(w)] for w in words])
+        centred = rows - rows.mean(axis=0, keepdims=True)
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        xy = centred @ vt[:2].T
+        explained = (s[:2] ** 2 / max(float((s ** 2).sum()), 1e-12)).tolist()
+        projected[group] = {"pairs": [list(p) for p in pairs],
+                            "xy": {w: [round(float(x), 5), round(float(y), 5)] for w, (x, y) in zip(words, xy)},
+                            "explained_variance": explained}
+    return projected

@@ -1,7 +1,8 @@
 """Sentiment classifier: averaged pretrained word embeddings + dense layers (Keras 3).
 
-Reads the examples of the sentiment job (`pipelines/sentiment.py` documents the
-directory). The model (`build_model`):
+Reads the examples of the sentiment job (`jobs/sentiment.py` documents the
+directory). `SentimentConfig` declares the model and training parameters once (their
+flags, defaults and checks). The model (`build_model`):
 
     token ids [batch, tokens]  (corpus ids; -1 pads; the corpus OOV id, vocab_size, is unknown)
       -> embedding [vocab_size, dim], initialised from the trained vectors scaled to unit
@@ -30,9 +31,13 @@ on its loss, the best epoch's weights kept. An epoch is a pass over the training
 examples of each training fold, ordered by another sha256 of the key (so the subsets
 are nested and the same for pretrained and scratch), for every n of `curve_sizes`
 smaller than the fold. With folds, the exported model is trained on every example.
+Every training set and every held-out set must hold every class (`check_units`).
+
+`train` runs the steps: `make_splits` -> `check_units` -> `report_budget` ->
+`score_units` (`fit` and `predict` per unit, init and size) -> export -> `summarize`
+-> `write_metrics`.
 """
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -43,6 +48,7 @@ import numpy as np
 import tensorflow as tf
 
 from core import outputs, plots, tokens
+from core.params import Params, param
 from schemas import embeddings as embeddings_schema
 from schemas import sentiment as schema
 from trainer import common
@@ -52,57 +58,38 @@ SCRATCH = "scratch"
 _SCRATCH_INIT = 0.05  # scratch embeddings: uniform in +-this (Keras's default)
 
 
-@dataclasses.dataclass(frozen=True)
-class SentimentConfig:
-    """Model and training settings; the defaults are the CLI's."""
-    hidden: int = 64
-    hidden_layers: int = 1
-    fine_tune: bool = True  # train the pretrained embeddings too
-    dropout: float = 0.5  # before every dense layer, while training
-    word_dropout: float = 0.5  # share of tokens dropped from each text, while training
-    epochs: int = 40
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    patience: int = 4  # stop after this many epochs without a lower validation loss
-    min_epoch_batches: int = 50  # an epoch is a pass over the training set or this many batches
-    validation_fraction: float = 0.1
-    normalize: bool = True  # scale every pretrained vector to unit length first
-    standardize: bool = True  # batch-normalise the mean vector before the dense layers
-    fine_tune_rate: float = 0.1  # learning rate of fine-tuned pretrained embeddings, relative
-    # to the rest (scratch embeddings, with nothing to keep, train at the full rate)
-    seed: int = 0
+class SentimentConfig(Params):
+    """The classifier and its training: the training flags of `embedflow sentiment`."""
 
-    def __post_init__(self):
-        checks = [
-            (self.hidden >= 1, f"--hidden must be >= 1, got {self.hidden}"),
-            (self.hidden_layers >= 0, f"--hidden-layers must be >= 0, got {self.hidden_layers}"),
-            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
-            (0 <= self.word_dropout < 1,
-             f"--word-dropout must be in [0, 1), got {self.word_dropout}"),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
-            (self.fine_tune_rate > 0, f"--fine-tune-rate must be > 0, got {self.fine_tune_rate}"),
-            (self.patience >= 0, f"--patience must be >= 0, got {self.patience}"),
-            (self.min_epoch_batches >= 1,
-             f"--min-epoch-batches must be >= 1, got {self.min_epoch_batches}"),
-            (0 < self.validation_fraction < 1,
-             f"--validation-fraction must be in (0, 1), got {self.validation_fraction}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-
-def config_from_args(args):
-    """The SentimentConfig of parsed `embedflow sentiment` flags (None: the default)."""
-    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(SentimentConfig)
-             if getattr(args, field.name, None) is not None}
-    return SentimentConfig(**given)
-
-
-def config_dict(config):
-    return dataclasses.asdict(config)
+    hidden: int = param(64, ge=1, help="units of the hidden layer")
+    hidden_layers: int = param(1, ge=0, help="number of hidden layers of --hidden units")
+    fine_tune: bool = param(True, flag="--fine-tune", negate="--freeze", group="tuning",
+                            help="keep the pretrained embeddings fixed (they are fine-tuned "
+                                 "with the rest unless this is given)")
+    dropout: float = param(0.5, ge=0, lt=1, help="dropout before each dense layer while training")
+    word_dropout: float = param(0.5, ge=0, lt=1,
+                                help="share of tokens dropped from each text while training")
+    epochs: int = param(40, ge=1, help="most epochs")
+    batch_size: int = param(64, ge=1, help="batch size")
+    learning_rate: float = param(2e-3, gt=0, help="Adam learning rate")
+    patience: int = param(4, ge=0,
+                          help="stop after this many epochs without a lower validation loss")
+    min_epoch_batches: int = param(50, ge=1,
+                                   help="an epoch is a pass over the training set or this many "
+                                        "batches, whichever is more")
+    validation_fraction: float = param(0.1, gt=0, lt=1,
+                                       help="share of each training set kept aside for early "
+                                            "stopping")
+    normalize: bool = param(True, negate="--raw-vectors",
+                            help="use the trained vectors as they are, not scaled to unit length")
+    standardize: bool = param(True, negate="--no-standardize",
+                              help="feed the mean vector to the dense layers as it is, not "
+                                   "batch-normalised")
+    fine_tune_rate: float = param(0.1, gt=0,
+                                  help="learning rate of the fine-tuned pretrained embeddings, "
+                                       "relative to the rest (scratch embeddings, with nothing "
+                                       "to keep, train at the full rate)")
+    seed: int = param(0, ge=0, help="seed of weights, dropout and shuffling")
 
 
 def derive_seed(*parts):
@@ -228,42 +215,73 @@ class TokenMean(keras.layers.Layer):
         return (input_shape[0], self.embedding.output_dim)
 
 
-class LazyAdam(keras.optimizers.Adam):
+class LazyAdam(keras.optimizers.Optimizer):
     """Adam whose sparse (embedding) updates touch only the rows in the batch, at
     `sparse_scale` times the learning rate.
 
     Dense Adam updates every row of a 76,000 x 100 table at every step (decaying the
     moments of rows the batch never saw); here the moments and the update of a row change
     only when a batch holds it, so a step costs what the batch costs. Dense gradients get
-    plain Adam. TensorFlow backend only (it updates through tf.IndexedSlices).
+    plain Adam (the same arithmetic as `keras.optimizers.Adam`).
+
+    The moments are this optimizer's own slots, made in `build` through Keras's public
+    `add_variable_from_reference` and found again by the variable's `ref()` (the public
+    way to key a dict by a TensorFlow variable), so nothing reads Keras internals.
+    TensorFlow backend, without a tf.distribute strategy (it updates through
+    tf.IndexedSlices, and a replica's variable is not the one the slots were made for).
     """
 
-    def __init__(self, learning_rate=1e-3, *, sparse_scale=1.0, **kwargs):
+    def __init__(self, learning_rate=1e-3, *, sparse_scale=1.0, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-7, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.sparse_scale = float(sparse_scale)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self._slots = {}
 
     def get_config(self):
-        return {**super().get_config(), "sparse_scale": self.sparse_scale}
+        return {**super().get_config(), "sparse_scale": self.sparse_scale, "beta_1": self.beta_1,
+                "beta_2": self.beta_2, "epsilon": self.epsilon}
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        for variable in var_list:
+            self._slots[_variable_key(variable)] = (
+                self.add_variable_from_reference(variable, name="momentum"),
+                self.add_variable_from_reference(variable, name="velocity"))
 
     def update_step(self, gradient, variable, learning_rate):
-        if not isinstance(gradient, tf.IndexedSlices):
-            return super().update_step(gradient, variable, learning_rate)
-        rows, position = tf.unique(gradient.indices)
-        grad = tf.math.unsorted_segment_sum(tf.cast(gradient.values, variable.dtype), position,
-                                            tf.shape(rows)[0])
+        key = _variable_key(variable)
+        if key not in self._slots:
+            raise ValueError(f"LazyAdam: {variable.name} is not a variable it was built for "
+                             "(under a tf.distribute strategy it is not supported)")
+        m, v = self._slots[key]
         step = tf.cast(self.iterations + 1, variable.dtype)
-        alpha = (tf.cast(learning_rate * self.sparse_scale, variable.dtype) * tf.sqrt(1 - self.beta_2 ** step)
+        alpha = (tf.cast(learning_rate, variable.dtype) * tf.sqrt(1 - self.beta_2 ** step)
                  / (1 - self.beta_1 ** step))
-        # Keras keeps one moment pair per variable, found by the variable's index.
-        index = self._get_variable_index(variable)  # pylint: disable=protected-access
-        m, v = self._momentums[index], self._velocities[index]
-        m_rows = self.beta_1 * tf.gather(m.value, rows) + (1 - self.beta_1) * grad
-        v_rows = self.beta_2 * tf.gather(v.value, rows) + (1 - self.beta_2) * tf.square(grad)
-        self.assign(m, tf.IndexedSlices(m_rows, rows))
-        self.assign(v, tf.IndexedSlices(v_rows, rows))
-        self.assign_sub(variable, tf.IndexedSlices(
-            alpha * m_rows / (tf.sqrt(v_rows) + self.epsilon), rows))
-        return None
+        if isinstance(gradient, tf.IndexedSlices):
+            rows, position = tf.unique(gradient.indices)
+            grad = tf.math.unsorted_segment_sum(tf.cast(gradient.values, variable.dtype), position,
+                                                tf.shape(rows)[0])
+            m_old, v_old = tf.gather(m.value, rows), tf.gather(v.value, rows)
+            alpha *= self.sparse_scale
+            sliced = lambda values: tf.IndexedSlices(values, rows)  # noqa: E731
+        else:
+            grad, m_old, v_old = tf.cast(gradient, variable.dtype), m.value, v.value
+            sliced = lambda values: values  # noqa: E731
+        m_new = self.beta_1 * m_old + (1 - self.beta_1) * grad
+        v_new = self.beta_2 * v_old + (1 - self.beta_2) * tf.square(grad)
+        self.assign(m, sliced(m_new))
+        self.assign(v, sliced(v_new))
+        self.assign_sub(variable, sliced(alpha * m_new / (tf.sqrt(v_new) + self.epsilon)))
+
+
+def _variable_key(variable):
+    """A dict key of a model variable, a Keras one or the tf.Variable it holds."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.ref()
 
 
 def build_model(config, *, vocab_size, dim, num_classes, vectors=None):
@@ -368,15 +386,14 @@ def fit(config, examples, *, vectors, pretrained, num_classes, seed_parts=()):
         the same for pretrained and scratch.
 
     Returns:
-      (model with the best epoch's weights, Keras history dict, best epoch 0-based,
-       fit count, validation count).
+      Trained: the model with the best epoch's weights, its history, the best epoch.
     """
     seed = derive_seed(config.seed, *seed_parts)
     keras.utils.set_random_seed(seed)
     initial = None
     if pretrained:
         initial = unit_rows(vectors) if config.normalize else vectors
-    model = build_model(dataclasses.replace(config, seed=seed % 100_000), vocab_size=vectors.shape[0],
+    model = build_model(config.model_copy(update={"seed": seed % 100_000}), vocab_size=vectors.shape[0],
                         dim=vectors.shape[1], num_classes=num_classes, vectors=initial)
     fit_at, validation_at = split_validation(examples, config.validation_fraction)
     train_data = make_dataset(examples.take(fit_at), batch_size=config.batch_size, shuffle_seed=seed,
@@ -391,7 +408,7 @@ def fit(config, examples, *, vectors, pretrained, num_classes, seed_parts=()):
                         steps_per_epoch=batches,
                         callbacks=[stopper], shuffle=False, verbose=0)  # shuffled above
     history = {k: [float(v) for v in values] for k, values in history.history.items()}
-    return model, history, int(stopper.best_epoch), len(fit_at), len(validation_at)
+    return Trained(model, history, int(stopper.best_epoch))
 
 
 def predict(model, examples):
@@ -492,99 +509,177 @@ class SentimentServer(tf.Module):
                 schema.SERVING_CLASSES: tf.gather(self.class_names, class_ids)}
 
 
-def train(config, *, examples, eval_examples, folds, eval_fraction, vectors, corpus_dir, labels,
-          compare_scratch, curve_sizes, output_dir):
+class Data(typing.NamedTuple):
+    """What `train` learns from."""
+    examples: Examples  # the --input examples
+    eval_examples: typing.Optional[Examples]  # the --eval-input examples, or None
+    vectors: np.ndarray  # the trained vectors, float32 [vocab_size, dim]
+    labels: tuple  # class names, in class-index order
+
+
+class Evaluation(typing.NamedTuple):
+    """How `train` judges the model (the job's --folds, --eval-fraction, ... flags)."""
+    folds: typing.Optional[int]  # K-fold cross-validation over the examples, or None
+    eval_fraction: typing.Optional[float]  # held-out share without folds and eval examples
+    compare_scratch: bool  # also train from random embeddings
+    curve_sizes: tuple  # training-set sizes of the learning curve (the full set is added)
+
+    @property
+    def inits(self):
+        return (PRETRAINED, SCRATCH) if self.compare_scratch else (PRETRAINED,)
+
+
+class Trained(typing.NamedTuple):
+    model: keras.Model  # with the best epoch's weights
+    history: dict  # Keras history: lists per metric
+    best_epoch: int  # 0-based
+
+
+def train(config, data, evaluation, *, corpus_dir, output_dir):
     """Evaluates (folds or a held-out set, learning curve), exports a model into `output_dir`.
 
     Args:
       config: SentimentConfig.
-      examples: the --input Examples.
-      eval_examples: the --eval-input Examples, or None.
-      folds: K for K-fold cross-validation, or None.
-      eval_fraction: the held-out share when neither folds nor eval_examples.
-      vectors: the trained vectors, float32 [vocab_size, dim].
+      data: Data.
+      evaluation: Evaluation.
       corpus_dir: the corpus job output (its transform_fn goes into the SavedModel).
-      labels: class names.
-      compare_scratch: also train from random embeddings.
-      curve_sizes: training-set sizes of the learning curve (the full set is added).
       output_dir: where the model, metrics.json and plots go.
 
     Returns:
       dict for info.json.
+
+    Raises:
+      ValueError: labels outside the classes; a training or evaluation set without a
+        class (see `check_units`).
     """
     started = time.time()
-    num_classes = len(labels)
-    bad = sorted({int(l) for l in examples.labels if not 0 <= l < num_classes})
+    num_classes = len(data.labels)
+    pool, units, description = make_splits(data.examples, data.eval_examples, evaluation.folds,
+                                           evaluation.eval_fraction)
+    bad = sorted({int(l) for l in pool.labels if not 0 <= l < num_classes})
     if bad:
         raise ValueError(f"examples hold labels {bad} outside the {num_classes} classes")
-    pool, splits, description = make_splits(examples, eval_examples, folds, eval_fraction)
-    inits = (PRETRAINED, SCRATCH) if compare_scratch else (PRETRAINED,)
+    check_units(pool, units, data.labels, description)
+    budget = report_budget(config, data, units, description)
+    scores = score_units(config, data, pool, units, evaluation)
+    if evaluation.folds:
+        # Every example was tested once; the exported model learns from all of them.
+        scores.kept = fit(config, pool, vectors=data.vectors, pretrained=True,
+                          num_classes=num_classes, seed_parts=("all",))
+    export_model(scores.kept.model, corpus_dir, data.labels,
+                 outputs.join(output_dir, schema.MODEL_DIR))
+    metrics = summarize(scores, pool, evaluation, data.labels, description)
+    write_metrics(metrics, output_dir)
+    curve = metrics["learning_curve"]
+    return {
+        "evaluation": description,
+        **budget,
+        "accuracy": metrics["accuracy"],
+        "accuracy_std": metrics["accuracy_std"],
+        "scratch_accuracy": (metrics[SCRATCH]["split_accuracy"]["mean"]
+                             if metrics[SCRATCH] else None),
+        "learning_curve": {init: dict(zip(curve["size_names"], [p["mean"] for p in curve[init]]))
+                           for init in evaluation.inits},
+        "exported_best_epoch": scores.kept.best_epoch + 1,
+        "exported_epochs_run": len(scores.kept.history["loss"]),
+        "seconds": round(time.time() - started, 2),
+    }
 
-    probe = build_model(config, vocab_size=vectors.shape[0], dim=vectors.shape[1],
-                        num_classes=num_classes, vectors=vectors)
+
+def check_units(pool, units, labels, description):
+    """Refuses a training or held-out set without every class; warns of imbalance.
+
+    A fold's test set may lack a class (a warning): with folds, every example is tested
+    once and the pooled metrics see every class the training sets hold.
+    """
+    named_by = f"--labels {','.join(labels)}"
+    folds = len(units) > 1
+    for name, train_at, test_at in units:
+        train_where, test_where = ((f"the training set of {name}", f"the test set of {name}")
+                                   if folds else ("the training set", f"the {description}"))
+        for where, at, required in ((train_where, train_at, True), (test_where, test_at, not folds)):
+            common.check_classes(np.bincount(pool.labels[at], minlength=len(labels)), labels, where,
+                                 named_by=named_by, required=required)
+
+
+def report_budget(config, data, units, description):
+    """Prints the parameter budget of the largest training set; returns it for info.json."""
+    probe = build_model(config, vocab_size=data.vectors.shape[0], dim=data.vectors.shape[1],
+                        num_classes=len(data.labels), vectors=data.vectors)
     num_params, trainable = common.count_params(probe), trainable_params(probe)
     del probe
-    largest = max(len(train_at) for _, train_at, _ in splits)
+    largest = max(len(train_at) for _, train_at, _ in units)
     ratio, budget, warning = common.parameter_budget(trainable, largest)
     print(f"sentiment: {description}; {num_params:,} parameters, trainable: {budget}", flush=True)
     if warning:
         print(f"sentiment: WARNING: {warning}", flush=True)
         logging.warning("sentiment: %s", warning)
+    return {"parameters": num_params, "trainable_parameters": trainable, "train_examples": largest,
+            "examples_per_parameter": ratio, "parameter_warning": warning}
 
-    # Accuracy of every (init, size) on every split; out-of-split predictions at full size.
-    accuracies = {init: {} for init in inits}
-    predicted = {init: np.zeros((len(pool), num_classes), np.float32) for init in inits}
-    tested = np.zeros(len(pool), bool)
-    kept_model, kept_history, kept_best = None, None, None
-    split_sizes = []
-    for name, train_at, test_at in splits:
+
+class Scores:
+    """What the evaluation units gave, filled by `score_units`."""
+
+    def __init__(self, inits, pool_size, num_classes):
+        self.accuracies = {init: {} for init in inits}  # init -> size or "all" -> [per unit]
+        # Out-of-unit probabilities of the full-size models, by pool position.
+        self.predicted = {init: np.zeros((pool_size, num_classes), np.float32) for init in inits}
+        self.tested = np.zeros(pool_size, bool)
+        self.unit_names = []
+        self.unit_sizes = []  # per unit, its training-set sizes
+        self.kept = None  # Trained: the model to export
+
+
+def score_units(config, data, pool, units, evaluation):
+    """Trains and tests every (unit, init, training-set size). Returns Scores."""
+    scores = Scores(evaluation.inits, len(pool), len(data.labels))
+    for name, train_at, test_at in units:
         train_set, test_set = pool.take(train_at), pool.take(test_at)
         order = curve_order(train_set.keys)
-        sizes = [n for n in curve_sizes if n < len(train_set)] + [len(train_set)]
-        split_sizes.append(sizes)
-        tested[test_at] = True
+        sizes = [n for n in evaluation.curve_sizes if n < len(train_set)] + [len(train_set)]
+        scores.unit_names.append(name)
+        scores.unit_sizes.append(sizes)
+        scores.tested[test_at] = True
         for n in sizes:
             subset = train_set.take(order[:n])
-            for init in inits:
-                model, history, best, _, _ = fit(
-                    config, subset, vectors=vectors, pretrained=init == PRETRAINED,
-                    num_classes=num_classes, seed_parts=(name, n))
-                probabilities = predict(model, test_set)
+            full = n == len(train_set)
+            for init in evaluation.inits:
+                trained = fit(config, subset, vectors=data.vectors, pretrained=init == PRETRAINED,
+                              num_classes=len(data.labels), seed_parts=(name, n))
+                probabilities = predict(trained.model, test_set)
                 accuracy = _accuracy(probabilities, test_set.labels)
-                accuracies[init].setdefault(n if n < len(train_set) else "all", []).append(accuracy)
+                scores.accuracies[init].setdefault("all" if full else n, []).append(accuracy)
                 print(f"sentiment: {name}: {init} embeddings, {n:,} training examples: accuracy "
-                      f"{accuracy:.4f} (epoch {best + 1} of {len(history['loss'])})", flush=True)
-                if n == len(train_set):
-                    predicted[init][test_at] = probabilities
-                    if init == PRETRAINED and not folds:
-                        kept_model, kept_history, kept_best = model, history, best
+                      f"{accuracy:.4f} (epoch {trained.best_epoch + 1} of "
+                      f"{len(trained.history['loss'])})", flush=True)
+                if full:
+                    scores.predicted[init][test_at] = probabilities
+                    if init == PRETRAINED and not evaluation.folds:
+                        scores.kept = trained
                 keras.backend.clear_session(free_memory=False)
+    return scores
 
-    if folds:
-        # Every example was tested once; the exported model learns from all of them.
-        kept_model, kept_history, kept_best, _, _ = fit(
-            config, pool, vectors=vectors, pretrained=True, num_classes=num_classes,
-            seed_parts=("all",))
-    export_model(kept_model, corpus_dir, labels, outputs.join(output_dir, schema.MODEL_DIR))
 
-    truth = pool.labels[tested]
+def summarize(scores, pool, evaluation, labels, description):
+    """metrics.json of the scores (see jobs/sentiment.py)."""
+    truth = pool.labels[scores.tested]
     results = {}
-    for init in inits:
-        pooled = common.classification_metrics(truth, predicted[init][tested].argmax(axis=1),
-                                               num_classes)
-        results[init] = {**pooled, "split_accuracy": _summary(accuracies[init]["all"])}
-    # The curve's x: the sizes asked for that every split could give, then the full sets.
-    common_sizes = [n for n in curve_sizes if all(n in s for s in split_sizes)]
-    full_size = float(np.mean([s[-1] for s in split_sizes]))
-    curve = {"sizes": common_sizes + [full_size],
+    for init in evaluation.inits:
+        pooled = common.classification_metrics(
+            truth, scores.predicted[init][scores.tested].argmax(axis=1), len(labels))
+        results[init] = {**pooled, "split_accuracy": _summary(scores.accuracies[init]["all"])}
+    # The curve's x: the sizes asked for that every unit could give, then the full sets.
+    common_sizes = [n for n in evaluation.curve_sizes if all(n in s for s in scores.unit_sizes)]
+    curve = {"sizes": common_sizes + [float(np.mean([s[-1] for s in scores.unit_sizes]))],
              "size_names": [str(n) for n in common_sizes] + ["all"]}
-    for init in inits:
-        curve[init] = [_summary(accuracies[init][n]) for n in common_sizes + ["all"]]
+    for init in evaluation.inits:
+        curve[init] = [_summary(scores.accuracies[init][n]) for n in common_sizes + ["all"]]
     headline = results[PRETRAINED]["split_accuracy"]
-    metrics = {
+    return {
         "evaluation": description,
-        "folds": folds,
-        "splits": [name for name, _, _ in splits],
+        "folds": evaluation.folds,
+        "splits": scores.unit_names,
         "class_names": list(labels),
         "accuracy": headline["mean"],
         "accuracy_std": headline["std"],
@@ -594,36 +689,29 @@ def train(config, *, examples, eval_examples, folds, eval_fraction, vectors, cor
         "pretrained_minus_scratch": (headline["mean"] - results[SCRATCH]["split_accuracy"]["mean"]
                                      if SCRATCH in results else None),
         "learning_curve": curve,
-        "exported_model": {"trained_on": "every example" if folds else "the training set",
-                           "best_epoch": kept_best + 1, "epochs_run": len(kept_history["loss"]),
-                           "history": kept_history},
+        "exported_model": {"trained_on": "every example" if evaluation.folds else "the training set",
+                           "best_epoch": scores.kept.best_epoch + 1,
+                           "epochs_run": len(scores.kept.history["loss"]),
+                           "history": scores.kept.history},
     }
+
+
+def write_metrics(metrics, output_dir):
+    """Writes metrics.json and the plots; prints the headline."""
     outputs.write_json(outputs.join(output_dir, schema.METRICS_FILE), metrics)
-    summary = f"accuracy {headline['mean']:.4f} +- {headline['std']:.4f} ({description})"
-    if SCRATCH in results:
-        summary += f"; scratch {results[SCRATCH]['split_accuracy']['mean']:.4f}"
+    description, pretrained = metrics["evaluation"], metrics[PRETRAINED]
+    summary = f"accuracy {metrics['accuracy']:.4f} +- {metrics['accuracy_std']:.4f} ({description})"
+    if metrics[SCRATCH]:
+        summary += f"; scratch {metrics[SCRATCH]['split_accuracy']['mean']:.4f}"
     print(f"sentiment: {summary}", flush=True)
-    plot_size_curve(curve, outputs.join(output_dir, schema.SIZE_CURVE_PLOT),
+    exported = metrics["exported_model"]
+    plot_size_curve(metrics["learning_curve"], outputs.join(output_dir, schema.SIZE_CURVE_PLOT),
                     title=f"Accuracy against training-set size ({description})")
-    plots.plot_learning_curves(kept_history, outputs.join(output_dir, schema.TRAINING_CURVES_PLOT),
-                                best_epoch=kept_best, title="Exported model: learning curves")
+    plots.plot_learning_curves(exported["history"],
+                               outputs.join(output_dir, schema.TRAINING_CURVES_PLOT),
+                               best_epoch=exported["best_epoch"] - 1,
+                               title="Exported model: learning curves")
     plots.plot_confusion_matrix(
-        results[PRETRAINED]["confusion_matrix"], labels,
+        pretrained["confusion_matrix"], metrics["class_names"],
         outputs.join(output_dir, schema.CONFUSION_MATRIX_PLOT),
-        title=f"Pretrained, pooled over {description}: accuracy {results[PRETRAINED]['accuracy']:.4f}")
-    return {
-        "evaluation": description,
-        "parameters": num_params,
-        "trainable_parameters": trainable,
-        "train_examples": largest,
-        "examples_per_parameter": ratio,
-        "parameter_warning": warning,
-        "accuracy": headline["mean"],
-        "accuracy_std": headline["std"],
-        "scratch_accuracy": results[SCRATCH]["split_accuracy"]["mean"] if SCRATCH in results else None,
-        "learning_curve": {init: dict(zip(curve["size_names"], [p["mean"] for p in curve[init]]))
-                           for init in inits},
-        "exported_best_epoch": kept_best + 1,
-        "exported_epochs_run": len(kept_history["loss"]),
-        "seconds": round(time.time() - started, 2),
-    }
+        title=f"Pretrained, pooled over {description}: accuracy {pretrained['accuracy']:.4f}")

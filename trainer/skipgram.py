@@ -29,17 +29,33 @@ processed, from --learning-rate to 1e-4 of it, as word2vec does. Two kernels (--
     the expected gradient of word2vec's per-pair sampling). Gradients are computed in
     closed form and applied as sparse scatter updates, summed over the batch; with
     several replicas the dense sums are all-reduced so every replica applies all of them.
+
+Safety, each a ValueError that says what to do: the window shards are checked against
+the sizes the corpus job recorded before any work, and a damaged record met while
+training names its shard; checkpoints are resumed only by the run they belong to
+(`run_fingerprint`); a loss that is not finite (after every call of the step loop) or
+vectors that are not (before every checkpoint and before the vectors are returned for
+export) stop a diverging run.
 """
 
+import argparse
 import dataclasses
+import functools
+import hashlib
+import json
 import logging
+import math
 import os
+import re
 import time
 
 import numpy as np
+import pydantic
 import tensorflow as tf
+from apache_beam.io.filesystems import FileSystems
 
-from core import outputs, tokens
+from core import main, outputs, tokens
+from core.params import Params, param
 from schemas import corpus as corpus_schema
 from schemas import embeddings as schema
 
@@ -47,56 +63,59 @@ STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
 KERNELS = ("auto", "fused", "tf")
 DEFAULT_BATCH = {"fused": 16384, "tf": 1024}  # centre tokens per step, by kernel
 _MIN_LR_RATIO = 1e-4
-_LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many
+_LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many (at most)
+_CURVE_POINTS = 40  # the loss curve gets a point every 1/40 of the training, at least
+_LOG_EVERY_SECONDS = 10.0
+_RECORDS_PER_READ = 64  # window records read (and drawn for) together; shapes the draws
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Parameters of one training run (defaults follow word2vec's)."""
+class TrainConfig(Params):
+    """Parameters of one training run (defaults follow word2vec's); `embedflow train`'s flags
+    and the `train` section of a run config."""
 
-    corpus: str
-    output: str
-    dim: int = 100
-    epochs: int = 5
-    negatives: int = 5  # noise words per (centre, context) pair, as word2vec's -negative
-    noise_per_centre: int | None = None  # noise words drawn per centre; None: 3 x negatives
-    learning_rate: float = 0.025
-    batch_size: int | None = None  # centre tokens per step over all replicas; None: by kernel
-    # (DEFAULT_BATCH). The tf kernel sums a batch's updates, and larger batches sum so many
+    corpus: str = param(metavar="DIR", config=False, help="corpus job output")
+    output: str = param(metavar="DIR", config=False, help="output directory")
+    dim: int = param(100, ge=1, help="dimensions of a word vector")
+    epochs: int = param(5, ge=1, help="passes over the corpus")
+    negatives: int = param(5, ge=1, help="noise words per pair")  # as word2vec's -negative
+    noise_per_centre: int | None = param(
+        None, ge=1, help="noise words drawn per centre token with the tf kernel, shared by its "
+                         "pairs; unset: 3 x --negatives")
+    learning_rate: float = param(0.025, gt=0, help="starting learning rate, decayed linearly")
+    # Over all replicas. The tf kernel sums a batch's updates, and larger batches sum so many
     # updates of frequent words that training diverges (4096 does on Wikipedia); the fused
     # kernel applies every pair's update at once, so its batch size only sets the overhead.
-    kernel: str = "auto"  # fused (C++ op, CPU, one replica) | tf (TensorFlow ops, any device)
-    window: int | None = None  # None: the corpus job's --window
-    sample: float | None = None  # None: the corpus job's --sample
-    strategy: str = "auto"
-    tpu: str | None = None
-    seed: int = 1
-    checkpoint_every_steps: int = 2000
-    log_every_seconds: float = 10.0
-    records_per_read: int = 64
-    max_steps: int | None = None  # stop early (tests, profiling)
-    init_from: str | None = None  # embeddings output whose vectors start the shared words
+    batch_size: int | None = param(
+        None, ge=1, help=f"centre tokens per step; unset: {DEFAULT_BATCH['fused']} with the fused "
+                         f"kernel, {DEFAULT_BATCH['tf']} with the tf kernel")
+    kernel: str = param("auto", choices=KERNELS,
+                        help="fused: a C++ op that trains pair by pair in place, on the CPU with one "
+                             "replica (built on first use); tf: TensorFlow ops, on any device and "
+                             "strategy; auto: fused where it applies and builds, else tf")
+    window: int | None = param(None, ge=1, help="skip-gram window radius; unset: the corpus job's")
+    sample: float | None = param(None, ge=0, lt=1,
+                                 help="frequent-word subsampling threshold; unset: the corpus job's")
+    strategy: str = param("auto", choices=STRATEGIES, help="tf.distribute strategy")
+    tpu: str | None = param(None, help="TPU address (grpc://... or a TPU name)")
+    seed: int = param(1, help="seed of the initial vectors and of every draw")
+    checkpoint_every_steps: int = param(2000, ge=1, help="steps between checkpoints")
+    init_from: str | None = param(None, metavar="DIR", config=False,
+                                  help="embeddings output (embedflow train) whose vectors start the "
+                                       "words both vocabularies hold: warm start for a grown corpus")
+    # Stop early (tests, profiling): a flag, but neither in --help nor in a run config.
+    max_steps: int | None = param(None, ge=1, help=argparse.SUPPRESS, config=False)
 
-    def validate(self):
-        checks = [
-            (self.dim >= 1, f"--dim must be >= 1, got {self.dim}"),
-            (self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}"),
-            (self.negatives >= 1, f"--negatives must be >= 1, got {self.negatives}"),
-            (self.noise_per_centre is None or self.noise_per_centre >= 1,
-             f"--noise-per-centre must be >= 1, got {self.noise_per_centre}"),
-            (self.learning_rate > 0, f"--learning-rate must be > 0, got {self.learning_rate}"),
-            (self.batch_size is None or self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (self.kernel in KERNELS, f"--kernel must be one of {KERNELS}, got {self.kernel!r}"),
-            (self.window is None or self.window >= 1, f"--window must be >= 1, got {self.window}"),
-            (self.sample is None or 0 <= self.sample < 1, f"--sample must be in [0, 1), got {self.sample}"),
-            (self.strategy in STRATEGIES, f"--strategy must be one of {STRATEGIES}, got {self.strategy!r}"),
-            (self.strategy != "tpu" or self.tpu, "--strategy tpu needs --tpu ADDRESS"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        outputs.check_output_path(self.output)
-        outputs.check_not_an_input(self.output, "--output", [self.corpus, self.init_from])
+    @pydantic.model_validator(mode="after")
+    def _tpu_needs_an_address(self):
+        if self.strategy == "tpu" and not self.tpu:
+            raise ValueError("--strategy tpu needs --tpu ADDRESS")
+        return self
+
+    def effective(self, corpus, kernel):
+        """The values this run trains with: window, sample and batch size resolved."""
+        return {"window": self.window if self.window is not None else corpus.window,
+                "sample": self.sample if self.sample is not None else corpus.sample,
+                "batch_size": self.batch_size if self.batch_size is not None else DEFAULT_BATCH[kernel]}
 
 
 # ------------------------------------------------------------------------ corpus
@@ -120,16 +139,68 @@ class Corpus:
 
 
 def load_corpus(directory):
-    info = outputs.require_completed(directory, "--corpus", "embedflow corpus --input GLOB --output DIR")
+    """The corpus job output at `directory`, its window shards checked against its info.json."""
+    info = outputs.require_completed(directory, "--corpus", corpus_schema.PRODUCER)
     if info.get("job") != "corpus":
         raise ValueError(f"--corpus {directory} is the output of `{info.get('job')}`, not of the corpus job")
     text = outputs.read_text(outputs.join(directory, corpus_schema.VOCAB_FILE))
     rows = [line.split("\t") for line in text.splitlines()]
-    files = sorted(tf.io.gfile.glob(outputs.join(directory, corpus_schema.WINDOWS_DIR, "*")))
-    if not files:
+    pattern = outputs.join(directory, corpus_schema.WINDOWS_DIR, "*")
+    sizes = {m.path: m.size_in_bytes for m in FileSystems.match([pattern])[0].metadata_list}
+    if not sizes:
         raise FileNotFoundError(f"--corpus {directory} holds no window files")
+    check_window_shards(directory, sizes, info.get("windows", {}).get("shard_bytes"))
     return Corpus(directory, [r[0] for r in rows], np.array([int(r[1]) for r in rows], dtype=np.int64),
-                  files, info["parameters"]["window"], info["parameters"]["sample"], info)
+                  sorted(sizes), info["parameters"]["window"], info["parameters"]["sample"], info)
+
+
+def damaged_corpus(directory, what):
+    """The error for window shards that are not what the corpus job wrote."""
+    return ValueError(f"--corpus {directory}: {what}. Re-run the corpus job "
+                      f"(`{corpus_schema.PRODUCER}`) into it to write it again.")
+
+
+def check_window_shards(directory, sizes, expected):
+    """Raises unless the shards are those, of the sizes, that the corpus job recorded.
+
+    A shard cut short inside a record's header reads as a shorter shard without any
+    error (TFRecordDataset takes it for the end of the file), so the sizes are compared
+    before any work. Outputs of corpus jobs that recorded no sizes are not checked here.
+
+    Args:
+      sizes: {path: bytes} of the window files found.
+      expected: info.json's windows.shard_bytes, {file name: bytes}, or None.
+    """
+    if expected is None:
+        return
+    found = {path.rsplit("/", 1)[-1]: (path, size) for path, size in sizes.items()}
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    if missing or extra:
+        raise damaged_corpus(directory, f"its window shards are not those the corpus job wrote "
+                                        f"(missing: {', '.join(missing) or 'none'}; not written by it: "
+                                        f"{', '.join(extra) or 'none'})")
+    for name, size in sorted(expected.items()):
+        path, actual = found[name]
+        if actual != size:
+            raise damaged_corpus(directory, f"the window shard {path} holds {actual} bytes, but the "
+                                            f"corpus job wrote {size}: it is truncated or was changed")
+
+
+def damaged_shard_error(corpus, error):
+    """The shard behind a DataLossError met while training, as a ValueError naming it.
+
+    Reads every shard again (only on this error path) to find the first that fails.
+    Returns `error` itself when every shard reads back whole.
+    """
+    for path in corpus.window_files:
+        try:
+            tf.data.TFRecordDataset(path).reduce(np.int64(0), lambda n, _: n + 1)
+        except tf.errors.DataLossError as found:
+            why = re.search(r"(truncated|corrupted) record at \d+", found.message)
+            return damaged_corpus(corpus.directory, f"the window shard {path} is damaged "
+                                                    f"({why.group(0) if why else found.message.strip()})")
+    return error
 
 
 def keep_probabilities(counts, sample):
@@ -206,7 +277,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
     keep = tf.constant(keep_probabilities(corpus.counts, sample))
     cdf = tf.constant(noise_cdf(corpus.counts)) if noise else None  # the fused kernel draws its own
     batch_size = batch_size or config.batch_size or DEFAULT_BATCH["tf"]
-    negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), config.records_per_read
+    negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), _RECORDS_PER_READ
     base = np.int64(config.seed) * 1_000_003 + epoch * 7919
 
     files = tf.data.Dataset.from_tensor_slices(corpus.window_files)
@@ -402,113 +473,205 @@ def checkpoint_dir(output, strategy=None):
     return outputs.join(base, f"{resolver.task_type}-{resolver.task_id}")
 
 
-def _progress_words(config, corpus):
-    return float(config.epochs) * corpus.total_words
+FINGERPRINT_FILE = schema.CHECKPOINT_FINGERPRINT_FILE
 
 
-def train(config):
-    """Trains and returns (WordVectors, training stats). Resumes from checkpoints."""
-    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
+def run_fingerprint(config, corpus, kernel):
+    """What checkpoints belong to: the corpus, and the parameters that shape the vectors.
 
-    corpus = load_corpus(config.corpus)
-    strategy = choose_strategy(config.strategy, config.tpu)
-    replicas = strategy.num_replicas_in_sync
-    kernel = resolve_kernel(config.kernel, strategy)
-    batch_size = config.batch_size or DEFAULT_BATCH[kernel]
-    logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s), "
-                 "%s kernel, %d tokens a step", len(corpus.vocab), corpus.total_words,
-                 type(strategy).__name__, replicas, kernel, batch_size)
-    total_words = _progress_words(config, corpus)
-    lr0 = config.learning_rate
-    window = config.window if config.window is not None else corpus.window
+    Kernel, strategy and device may change between a run and its resumption; the batch
+    size may not, as a resumed epoch skips the batches it trained, counted in batches.
+    """
+    vocab = "".join(f"{w}\t{c}\n" for w, c in zip(corpus.vocab, corpus.counts.tolist()))
+    return {
+        "corpus": {"directory": corpus.directory,
+                   "inputs_fingerprint": corpus.info.get("inputs", {}).get("fingerprint"),
+                   "vocab_sha256": hashlib.sha256(vocab.encode("utf-8")).hexdigest(),
+                   "vocab_size": len(corpus.vocab)},
+        "parameters": {"dim": config.dim, "seed": config.seed, "epochs": config.epochs,
+                       "negatives": config.negatives, "learning_rate": config.learning_rate,
+                       **config.effective(corpus, kernel)},
+    }
 
-    with strategy.scope():
-        model = SkipGram(len(corpus.vocab), config.dim, config.seed)
-        words_done = tf.Variable(0.0, dtype=tf.float64, name="words_done",
-                                 aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        step = tf.Variable(0, dtype=tf.int64, name="step",
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        epoch_var = tf.Variable(0, dtype=tf.int64, name="epoch",
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        batches_in_epoch = tf.Variable(0, dtype=tf.int64, name="batches_in_epoch",
-                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
-    if config.init_from:
-        warm_start(model, corpus.vocab, config.init_from)  # a checkpoint, if any, wins below
-    chief = is_chief(strategy)
-    ckpt_dir = checkpoint_dir(config.output, strategy)
-    checkpoint = tf.train.Checkpoint(model=model, words_done=words_done, step=step, epoch=epoch_var,
-                                     batches_in_epoch=batches_in_epoch)
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint)
-        logging.info("train: resumed from %s (epoch %d, step %d)", manager.latest_checkpoint,
-                     int(epoch_var.numpy()), int(step.numpy()))
+def _corpus_text(corpus):
+    return (f"{corpus.get('directory')} (inputs fingerprint {str(corpus.get('inputs_fingerprint'))[:12]}, "
+            f"vocabulary {str(corpus.get('vocab_sha256'))[:12]} of {corpus.get('vocab_size')} words)")
 
-    # With one device per worker (MultiWorkerMirroredStrategy on CPU) the values handed
-    # to the cross-worker all-reduce must carry a device, or TF 2.21 refuses them
-    # ("destinations can not be empty"): pin the step to the worker's device.
-    step_device = None
-    if replicas > 1 and len(strategy.extended.worker_devices) == 1:
-        step_device = strategy.extended.worker_devices[0]
 
-    if kernel == "fused":
-        from trainer import kernels  # pylint: disable=import-outside-toplevel
+def fingerprint_differences(recorded, current):
+    """What differs between the run that wrote checkpoints and this one, in words."""
+    found = []
+    old_corpus, corpus = recorded.get("corpus", {}), current["corpus"]
+    if any(old_corpus.get(k) != corpus[k] for k in ("inputs_fingerprint", "vocab_sha256")):
+        found.append(f"--corpus: they were trained on {_corpus_text(old_corpus)}, this run reads "
+                     f"{_corpus_text(corpus)}")
+    for name, value in current["parameters"].items():
+        old = recorded.get("parameters", {}).get(name)
+        if old != value:
+            found.append(f"{TrainConfig.flag_of(name)}: theirs is {old}, this run's {value}")
+    return found
 
-        noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
-        seed_base = tf.constant(np.int64(config.seed) << 32, tf.int64)
+
+def restore_or_start(state, ckpt_dir, fingerprint):
+    """Restores the latest checkpoint in `ckpt_dir` if it belongs to this run, else starts.
+
+    Returns:
+      a CheckpointManager that saves into `ckpt_dir`.
+
+    Raises:
+      ValueError: the checkpoints belong to another corpus or other parameters.
+    """
+    manager = tf.train.CheckpointManager(state.checkpoint, ckpt_dir, max_to_keep=2)
+    path = outputs.join(ckpt_dir, FINGERPRINT_FILE)
+    if not manager.latest_checkpoint:
+        outputs.write_json(path, fingerprint)
+        return manager
+    fresh = f"Delete {ckpt_dir} to train from the start"
+    if not outputs.exists(path):
+        raise ValueError(f"{ckpt_dir} holds checkpoints without {FINGERPRINT_FILE}, so nothing tells "
+                         f"which corpus and parameters they belong to. {fresh}.")
+    differences = fingerprint_differences(json.loads(outputs.read_text(path)), fingerprint)
+    if differences:
+        raise ValueError(f"{ckpt_dir} holds the checkpoints of another training run, and resuming "
+                         f"from them would mix the two: {'; '.join(differences)}. {fresh}, or give "
+                         "the corpus and parameters of that run to resume it.")
+    state.checkpoint.restore(manager.latest_checkpoint)
+    logging.info("train: resumed from %s (epoch %d, step %d)", manager.latest_checkpoint,
+                 int(state.epoch.numpy()), int(state.step.numpy()))
+    return manager
+
+
+class TrainState:
+    """The vectors and the progress counters: what a checkpoint holds.
+
+    Made under the strategy's scope; every replica holds the same values.
+    """
+
+    def __init__(self, vocab_size, dim, seed):
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.model = SkipGram(vocab_size, dim, seed)
+        self.words_done = tf.Variable(0.0, dtype=tf.float64, name="words_done", aggregation=first)
+        self.step = tf.Variable(0, dtype=tf.int64, name="step", aggregation=first)
+        self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch", aggregation=first)
+        self.batches_in_epoch = tf.Variable(0, dtype=tf.int64, name="batches_in_epoch", aggregation=first)
+        self.checkpoint = tf.train.Checkpoint(model=self.model, words_done=self.words_done, step=self.step,
+                                              epoch=self.epoch, batches_in_epoch=self.batches_in_epoch)
+
+    def learning_rate(self, initial, total_words):
+        """Linear decay with the corpus words processed, to _MIN_LR_RATIO of `initial`."""
+        progress = tf.cast(self.words_done, tf.float32) / total_words
+        return initial * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
+
+    def advance(self, words):
+        """Counts one step that processed `words` corpus words."""
+        self.words_done.assign_add(tf.cast(words, tf.float64))
+        self.step.assign_add(1)
+        self.batches_in_epoch.assign_add(1)
+
+    def finite(self):
+        """Whether every input and output vector is finite (one pass over both tables)."""
+        return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in (self.model.inputs, self.model.outputs))
+
+
+def diverged_error(config, ckpt_dir, what):
+    """The error of a run whose loss or vectors stopped being finite."""
+    rate = config.learning_rate
+    return ValueError(
+        f"training diverged: {what}. The learning rate is the likely cause: --learning-rate {rate:g} "
+        f"is too high for this corpus. Train again with a lower one, such as --learning-rate "
+        f"{rate / 10:g} (with the tf kernel a smaller --batch-size helps too), after deleting "
+        f"{ckpt_dir}: its checkpoints hold the diverging run. Nothing was published.")
+
+
+def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY):
+    """The step of the fused kernel: every pair updates the vectors in place (one replica)."""
+    from trainer import kernels  # pylint: disable=import-outside-toplevel
+
+    model = state.model
+    noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
+    seed_base = tf.constant(np.int64(config.seed) << 32, tf.int64)
 
     def fused_step(batch):
-        """One batch through the fused kernel: every pair updates the vectors in place."""
-        progress = tf.cast(words_done, tf.float32) / total_words
-        lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
-        # The loss costs a logarithm per update: it is measured on one step in _LOSS_EVERY.
-        with_loss = tf.equal(step % _LOSS_EVERY, 0)
+        lr = state.learning_rate(config.learning_rate, total_words)
+        # The loss costs a logarithm per update: it is measured on one step in loss_every.
+        with_loss = tf.equal(state.step % loss_every, 0)
         loss, pairs = kernels.skipgram_step(
             model.inputs, model.outputs, batch["ids"], batch["rows"], batch["radius"], noise_prob,
-            noise_alias, lr, seed_base + step, with_loss, config.negatives)
-        words_done.assign_add(tf.cast(batch["words"], tf.float64))
-        step.assign_add(1)
-        batches_in_epoch.assign_add(1)
+            noise_alias, lr, seed_base + state.step, with_loss, config.negatives)
+        state.advance(batch["words"])
         return loss, lr, pairs, tf.where(with_loss, pairs, 0.0)
 
-    def replica_step(batch):
-        if kernel == "fused":
-            return fused_step(batch)
-        if step_device is None:
-            return _replica_step(batch)
-        with tf.device(step_device):
-            return _replica_step(batch)
+    return fused_step
 
-    def _replica_step(batch):
-        progress = tf.cast(words_done, tf.float32) / total_words
-        lr = lr0 * tf.maximum(1.0 - progress, _MIN_LR_RATIO)
-        loss, pairs, grad_in, grad_out = model.gradients(batch, window, float(config.negatives))
+
+def step_device(strategy):
+    """The device to pin the tf step to, or None.
+
+    With one device per worker (MultiWorkerMirroredStrategy on CPU) the values handed to
+    the cross-worker all-reduce must carry a device, or TF 2.21 refuses them
+    ("destinations can not be empty").
+    """
+    if strategy.num_replicas_in_sync > 1 and len(strategy.extended.worker_devices) == 1:
+        return strategy.extended.worker_devices[0]
+    return None
+
+
+def apply_summed(model, ctx, lr, grad_in, grad_out, scalars):
+    """Applies the sum of every replica's gradients on every replica.
+
+    All-reduce of IndexedSlices fails in TF 2.21's collective ops ("destinations can not
+    be empty"), so replicas sum dense gradients: vocab x dim floats a step. An all-gather
+    of the sparse rows would move less over a network.
+
+    Returns:
+      `scalars`, each summed over the replicas.
+    """
+    vocab_size = tf.shape(model.inputs)[0]
+    dense_in = tf.math.unsorted_segment_sum(grad_in.values, grad_in.indices, vocab_size)
+    dense_out = tf.math.unsorted_segment_sum(grad_out.values, grad_out.indices, vocab_size)
+    dense_in, dense_out, *scalars = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                                   [dense_in, dense_out, *scalars])
+    model.inputs.assign_sub(lr * dense_in)
+    model.outputs.assign_sub(lr * dense_out)
+    return scalars
+
+
+def make_tf_step(state, config, total_words, window, device):
+    """The replica step of the tf kernel: closed-form gradients, sparse updates."""
+    model, negatives = state.model, float(config.negatives)
+
+    def tf_step(batch):
+        lr = state.learning_rate(config.learning_rate, total_words)
+        loss, pairs, grad_in, grad_out = model.gradients(batch, window, negatives)
         ctx = tf.distribute.get_replica_context()
         words = tf.identity(batch["words"])  # placed on the step device (see step_device)
         if ctx.num_replicas_in_sync > 1:
-            # All-reduce of IndexedSlices fails in TF 2.21's collective ops ("destinations
-            # can not be empty"), so replicas sum dense gradients: vocab x dim floats a
-            # step. An all-gather of the sparse rows would move less over a network.
-            vocab_size = tf.shape(model.inputs)[0]
-            dense_in = tf.math.unsorted_segment_sum(grad_in.values, grad_in.indices, vocab_size)
-            dense_out = tf.math.unsorted_segment_sum(grad_out.values, grad_out.indices, vocab_size)
-            dense_in, dense_out, words, loss, pairs = ctx.all_reduce(
-                tf.distribute.ReduceOp.SUM, [dense_in, dense_out, words, loss, pairs])
-            model.inputs.assign_sub(lr * dense_in)
-            model.outputs.assign_sub(lr * dense_out)
+            words, loss, pairs = apply_summed(model, ctx, lr, grad_in, grad_out, [words, loss, pairs])
         else:
             model.inputs.scatter_sub(tf.IndexedSlices(lr * grad_in.values, grad_in.indices))
             model.outputs.scatter_sub(tf.IndexedSlices(lr * grad_out.values, grad_out.indices))
-        words_done.assign_add(tf.cast(words, tf.float64))
-        step.assign_add(1)
-        batches_in_epoch.assign_add(1)
+        state.advance(words)
         return loss, lr, pairs, pairs
+
+    if device is None:
+        return tf_step
+
+    def pinned_step(batch):
+        with tf.device(device):
+            return tf_step(batch)
+
+    return pinned_step
+
+
+def make_train_steps(strategy, replica_step):
+    """A tf.function that runs up to n steps of `replica_step` from a distributed iterator.
+
+    It returns (loss sum, pairs, pairs the loss was measured on, last lr, steps run).
+    """
 
     @tf.function
     def train_steps(iterator, n):
-        """Runs up to n steps; returns (loss sum, pairs, pairs the loss was measured on,
-        last lr, steps run)."""
         loss_sum, pairs_sum, loss_pairs_sum = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0)
         lr, done = tf.constant(0.0), tf.constant(0)
         for _ in tf.range(n):
@@ -523,75 +686,189 @@ def train(config):
             done += 1
         return loss_sum, pairs_sum, loss_pairs_sum, lr, done
 
-    writer = tf.summary.create_file_writer(outputs.join(ckpt_dir, schema.LOGS_DIR))
-    stats = {"steps": 0, "pairs": 0.0, "seconds": 0.0, "loss_curve": []}
-    words_at_start = float(words_done.numpy())
-    train_start = time.time()
-    last_log, pairs_since, loss_sum, loss_pairs = time.time(), 0.0, 0.0, 0.0
-    words_at_log = words_at_start
-    steps_per_call = max(1, min(100, config.checkpoint_every_steps))
-    stop = False
+    return train_steps
 
-    for epoch in range(int(epoch_var.numpy()), config.epochs):
-        per_replica_batch = max(1, batch_size // replicas)
-        dataset_fn = lambda ctx, e=epoch: make_dataset(corpus, config, e, ctx, per_replica_batch,  # noqa: E731
-                                                       noise=kernel == "tf")
-        iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-        for _ in range(int(batches_in_epoch.numpy())):  # resuming: the same draws, skip them
+
+class Meter:
+    """Training stats; a loss-curve point every 1/_CURVE_POINTS of the training, and a log
+    line and TensorBoard summaries at those points and every _LOG_EVERY_SECONDS."""
+
+    def __init__(self, logs_dir, total_words, words_done):
+        self.writer = tf.summary.create_file_writer(logs_dir)
+        self.total_words = total_words
+        self.stats = {"steps": 0, "pairs": 0.0, "seconds": 0.0, "loss_curve": []}
+        self.words_at_start = self.words_at_log = float(words_done.numpy())
+        self.next_point = (math.floor(_CURVE_POINTS * self.words_at_start / total_words) + 1) / _CURVE_POINTS
+        self.started = self.last_log = time.time()
+        self.pairs_since = self.loss_sum = self.loss_pairs = 0.0
+
+    def add(self, steps, loss, pairs, measured):
+        """Counts `steps` steps: their loss sum, pairs, and pairs the loss was measured on."""
+        self.pairs_since += pairs
+        self.loss_sum += loss
+        self.loss_pairs += measured
+        self.stats["steps"] += steps
+        self.stats["pairs"] += pairs
+
+    def maybe_log(self, epoch, step, words_done, lr):
+        now = time.time()
+        words_now = float(words_done.numpy())
+        progress = words_now / self.total_words
+        at_point = progress >= self.next_point and self.loss_pairs > 0
+        if not at_point and now - self.last_log < _LOG_EVERY_SECONDS:
+            return
+        if at_point:
+            self.next_point = (math.floor(_CURVE_POINTS * progress) + 1) / _CURVE_POINTS
+        wps = (words_now - self.words_at_log) / max(now - self.last_log, 1e-9)
+        mean_loss = self.loss_sum / self.loss_pairs if self.loss_pairs else float("nan")
+        logging.info("train: epoch %d step %d  %.1f%%  loss/pair %.4f  lr %.5f  %.0f words/s  %.0f pairs/s",
+                     epoch + 1, step, 100 * progress, mean_loss, lr, wps,
+                     self.pairs_since / max(now - self.last_log, 1e-9))
+        with self.writer.as_default(step=step):
+            tf.summary.scalar("loss_per_pair", mean_loss)
+            tf.summary.scalar("learning_rate", lr)
+            tf.summary.scalar("words_per_second", wps)
+        self.stats["loss_curve"].append([step, round(progress, 4), mean_loss])
+        self.last_log, self.words_at_log = now, words_now
+        self.pairs_since = self.loss_sum = self.loss_pairs = 0.0
+
+    def finish(self, words_done, **extra):
+        """The stats of the whole run, with `extra` added."""
+        stats = self.stats
+        stats["seconds"] = time.time() - self.started
+        stats["words"] = float(words_done.numpy()) - self.words_at_start
+        stats["words_per_second"] = stats["words"] / max(stats["seconds"], 1e-9)
+        stats.update(extra)
+        self.writer.flush()
+        return stats
+
+
+@dataclasses.dataclass
+class EpochLoop:
+    """Runs the epochs left, checkpointing every --checkpoint-every-steps and at epoch ends."""
+
+    config: TrainConfig
+    corpus: Corpus
+    strategy: object
+    kernel: str
+    batch_size: int
+    state: TrainState
+    manager: tf.train.CheckpointManager
+    train_steps: object
+    meter: Meter
+    steps_per_call: int = 100
+
+    def run(self):
+        for epoch in range(int(self.state.epoch.numpy()), self.config.epochs):
+            if self.run_epoch(epoch):
+                return  # --max-steps reached
+            self.state.epoch.assign(epoch + 1)
+            self.state.batches_in_epoch.assign(0)
+            self.save(int(self.state.step.numpy()))
+            logging.info("train: epoch %d done", epoch + 1)
+
+    def batches(self, epoch):
+        """The epoch's distributed batches, past those a resumed run already trained."""
+        per_replica = max(1, self.batch_size // self.strategy.num_replicas_in_sync)
+        dataset_fn = functools.partial(make_dataset, self.corpus, self.config, epoch,
+                                       batch_size=per_replica, noise=self.kernel == "tf")
+        iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
             next(iterator)
-        while True:
-            n = steps_per_call
-            if config.max_steps is not None:
-                n = min(n, config.max_steps - int(step.numpy()))
-                if n <= 0:
-                    stop = True
-                    break
-            before = int(step.numpy())
-            loss, pairs, measured, lr, done = train_steps(iterator, tf.constant(n))
-            done = int(done)
-            if done == 0:
-                break
-            pairs = float(pairs)
-            pairs_since += pairs
-            loss_sum += float(loss)
-            loss_pairs += float(measured)
-            stats["steps"] += done
-            stats["pairs"] += pairs
-            current = before + done
-            if current // config.checkpoint_every_steps > before // config.checkpoint_every_steps:
-                manager.save(checkpoint_number=current)
-            now = time.time()
-            if now - last_log >= config.log_every_seconds:
-                words_now = float(words_done.numpy())
-                wps = (words_now - words_at_log) / (now - last_log)
-                mean_loss = loss_sum / loss_pairs if loss_pairs else float("nan")
-                logging.info("train: epoch %d step %d  %.1f%%  loss/pair %.4f  lr %.5f  %.0f words/s  %.0f pairs/s",
-                             epoch + 1, current, 100 * words_now / total_words, mean_loss, float(lr), wps,
-                             pairs_since / (now - last_log))
-                with writer.as_default(step=current):
-                    tf.summary.scalar("loss_per_pair", mean_loss)
-                    tf.summary.scalar("learning_rate", float(lr))
-                    tf.summary.scalar("words_per_second", wps)
-                stats["loss_curve"].append([current, round(words_now / total_words, 4), mean_loss])
-                last_log, pairs_since, loss_sum, loss_pairs, words_at_log = now, 0.0, 0.0, 0.0, words_now
-        if stop:
-            break
-        epoch_var.assign(epoch + 1)
-        batches_in_epoch.assign(0)
-        manager.save(checkpoint_number=int(step.numpy()))
-        logging.info("train: epoch %d done", epoch + 1)
+        return iterator
 
-    stats["seconds"] = time.time() - train_start
-    stats["words"] = float(words_done.numpy()) - words_at_start
-    stats["words_per_second"] = stats["words"] / max(stats["seconds"], 1e-9)
-    stats["strategy"] = type(strategy).__name__
-    stats["replicas"] = replicas
-    stats["kernel"] = kernel
-    stats["batch_size"] = batch_size
-    writer.flush()
-    vectors = WordVectors(corpus.vocab, model.inputs.numpy(), corpus.counts)
-    stats["chief"] = chief
-    return vectors, stats, corpus
+    def run_epoch(self, epoch):
+        """Trains one epoch; returns True when --max-steps stopped it first."""
+        iterator = self.batches(epoch)
+        every = self.config.checkpoint_every_steps
+        while True:
+            n = min(self.steps_per_call, every)
+            if self.config.max_steps is not None:
+                n = min(n, self.config.max_steps - int(self.state.step.numpy()))
+                if n <= 0:
+                    return True
+            before = int(self.state.step.numpy())
+            loss, pairs, measured, lr, done = self.train_steps(iterator, tf.constant(n))
+            done, loss = int(done), float(loss)
+            if done == 0:
+                return False
+            if not math.isfinite(loss):
+                raise self.diverged(f"the loss is {loss} in steps {before + 1} to {before + done}")
+            self.meter.add(done, loss, float(pairs), float(measured))
+            if (before + done) // every > before // every:
+                self.save(before + done)
+            self.meter.maybe_log(epoch, before + done, self.state.words_done, float(lr))
+            if self.stop_agreed():
+                self.save(before + done)
+                raise main.Terminated(
+                    f"stopped by SIGTERM at step {before + done}; checkpoint saved in "
+                    f"{self.manager.directory}: the same command resumes from it")
+
+    def stop_agreed(self):
+        """True when SIGTERM reached this process, or, with several workers, any of them:
+        every worker then saves and stops at the same step."""
+        local = 1.0 if main.stop_requested() else 0.0
+        if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return local > 0
+        per_replica = self.strategy.run(tf.identity, args=(tf.constant(local),))
+        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0
+
+    def save(self, step):
+        """Checkpoints, unless the vectors stopped being finite (then raises)."""
+        if not self.state.finite():
+            raise self.diverged(f"the vectors hold NaN or infinite values at step {step}")
+        self.manager.save(checkpoint_number=step)
+
+    def diverged(self, what):
+        return diverged_error(self.config, self.manager.directory, what)
+
+
+def train(config):
+    """Trains and returns (WordVectors, training stats, Corpus). Resumes from checkpoints.
+
+    Raises:
+      ValueError: the checkpoints beside the output belong to another run; a window
+        shard is damaged; training diverged (a loss or vectors not finite).
+    """
+    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
+
+    corpus = load_corpus(config.corpus)
+    strategy = choose_strategy(config.strategy, config.tpu)
+    kernel = resolve_kernel(config.kernel, strategy)
+    effective = config.effective(corpus, kernel)
+    logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s), "
+                 "%s kernel, %d tokens a step", len(corpus.vocab), corpus.total_words,
+                 type(strategy).__name__, strategy.num_replicas_in_sync, kernel, effective["batch_size"])
+    with strategy.scope():
+        state = TrainState(len(corpus.vocab), config.dim, config.seed)
+    if config.init_from:
+        warm_start(state.model, corpus.vocab, config.init_from)  # a checkpoint, if any, wins below
+    ckpt_dir = checkpoint_dir(config.output, strategy)
+    manager = restore_or_start(state, ckpt_dir, run_fingerprint(config, corpus, kernel))
+    total_words = float(config.epochs) * corpus.total_words
+    # A short training (the bundled sample: ~200 steps) still gets _CURVE_POINTS points of
+    # loss: fewer steps a call, the loss measured on more of them.
+    expected_steps = max(1, int(total_words / effective["batch_size"]))
+    steps_per_call = max(1, min(100, expected_steps // (2 * _CURVE_POINTS)))
+    if kernel == "fused":
+        loss_every = max(1, min(_LOSS_EVERY, expected_steps // (4 * _CURVE_POINTS)))
+        replica_step = make_fused_step(state, config, corpus, total_words, loss_every)
+    else:
+        replica_step = make_tf_step(state, config, total_words, effective["window"], step_device(strategy))
+    meter = Meter(outputs.join(ckpt_dir, schema.LOGS_DIR), total_words, state.words_done)
+    loop = EpochLoop(config, corpus, strategy, kernel, effective["batch_size"], state, manager,
+                     make_train_steps(strategy, replica_step), meter, steps_per_call)
+    try:
+        with main.cooperating():
+            loop.run()
+    except tf.errors.DataLossError as error:
+        raise damaged_shard_error(corpus, error) from None
+    if not state.finite():
+        raise loop.diverged("the vectors hold NaN or infinite values at the end of training")
+    stats = meter.finish(state.words_done, strategy=type(strategy).__name__,
+                         replicas=strategy.num_replicas_in_sync, kernel=kernel,
+                         batch_size=effective["batch_size"], chief=is_chief(strategy))
+    return WordVectors(corpus.vocab, state.model.inputs.numpy(), corpus.counts), stats, corpus
 
 
 # ------------------------------------------------------------------------ exports
@@ -633,6 +910,3 @@ def export(vectors, corpus_dir, out_dir):
     server = EmbeddingServer(corpus_dir, vectors.vectors)
     tf.saved_model.save(server, outputs.join(out_dir, schema.SAVED_MODEL_DIR),
                         signatures={"serving_default": server.serve})
-
-
-# --------------------------------------------------------------------------- CLI
