@@ -71,9 +71,9 @@ class InputsParams(Params):
 class GatesParams(Params):
     """Promotion gates: the run's `gates` section (null switches a gate off)."""
 
-    # On the 0.65M-word sample, analogies reach about 1%: the gate catches a broken
-    # trainer, not a weak corpus (cloud/run.yaml holds the gates of real data).
-    min_analogy_accuracy: float | None = param(0.005, ge=0, le=1, help="least analogy accuracy")
+    # On the bundled sample analogies reach about 20%: the gate catches a broken trainer,
+    # not a weak corpus (cloud/run.yaml holds the gates of real data).
+    min_analogy_accuracy: float | None = param(0.05, ge=0, le=1, help="least analogy accuracy")
     min_digit_accuracy: float | None = param(0.9, ge=0, le=1, help="least digit accuracy")
     min_sentiment_accuracy: float | None = param(0.6, ge=0, le=1, help="least sentiment accuracy")
     max_regression: float | None = param(0.03, ge=0, help="largest drop of a metric below latest's")
@@ -82,15 +82,18 @@ class GatesParams(Params):
 RUN_PARAMS = {"inputs": InputsParams, "gates": GatesParams}
 
 # The bundled sample's values where they differ from the jobs' defaults, so the whole
-# chain finishes in about 10 minutes on 2 CPU cores.
+# chain finishes in about 10 minutes on 2 CPU cores and shows what pretrained vectors
+# bring (the sentiment learning curve, pretrained against scratch, over 3 folds).
 SAMPLE = {
+    # 5.2M words: 10 epochs give vectors good enough to transfer (analogies ~20%).
+    "train": {"epochs": 10},
     "evaluate": {"probe_words": ["france", "king", "computer", "music", "river", "war"]},
     # optdigits converges in about 20 epochs; early stopping rarely waits longer.
     "digits": {"epochs": 20},
-    # 10,662 sentences: a 20% held-out set gives a steadier figure than 10%, and the
-    # curve stops at sizes the sample's 8,500 training texts can fill.
-    "sentiment": {"eval_fraction": 0.2, "epochs": 15, "curve_sizes": "300,1000,3000",
-                  "compare_scratch": True},
+    # 3 folds give the curve a spread; min_epochs keeps early stopping from giving up
+    # before the slowly fine-tuned pretrained rows (or a tiny scratch set) move.
+    "sentiment": {"folds": 3, "eval_fraction": None, "epochs": 20, "min_epochs": 5,
+                  "curve_sizes": "100,300,1000", "compare_scratch": True},
 }
 
 

@@ -127,7 +127,22 @@ def _fmt(value, digits=4):
     return str(value)
 
 
-def _tables(summary, evaluation, neighbors):
+def _curve_table(curve):
+    """The sentiment learning curve: accuracy mean +- std per size, and the gap."""
+    def cell(point):
+        return "-" if point is None else f"{100 * point['mean']:.1f}% +- {100 * point['std']:.1f}"
+
+    scratch = curve.get("scratch") or [None] * len(curve["size_names"])
+    rows = []
+    for name, pre, scr in zip(curve["size_names"], curve["pretrained"], scratch):
+        gap = "-" if scr is None else f"{100 * (pre['mean'] - scr['mean']):+.1f} points"
+        rows.append([name, cell(pre), cell(scr), gap])
+    units = len(curve["pretrained"][0].get("values", [])) if curve["pretrained"] else 0
+    return (f"Sentiment learning curve (mean +- std over {units} folds or splits)",
+            ["training texts", "pretrained", "scratch", "pretrained - scratch"], rows)
+
+
+def _tables(summary, evaluation, neighbors, sentiment=None):
     """The report's tables as (title, header, rows)."""
     tables = []
     rows = []
@@ -159,6 +174,8 @@ def _tables(summary, evaluation, neighbors):
         rows = [[name, _fmt(s["accuracy"]), f"{s['correct']}/{s['total']}", s["questions"]]
                 for name, s in evaluation["analogies"]["sections"].items()]
         tables.append(("Analogy sections", ["section", "accuracy", "correct", "questions"], rows))
+    if sentiment and sentiment.get("learning_curve"):
+        tables.append(_curve_table(sentiment["learning_curve"]))
     if neighbors:
         rows = [[word, ", ".join(f"{w} ({s:.2f})" for w, s in near)]
                 for word, near in neighbors.get("neighbors", {}).items()]
@@ -251,7 +268,8 @@ def write_report(run_dir, summary):
     evaluation = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "metrics.json"))
     neighbors = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "neighbors.json"))
     verdict, headline = _verdict(summary)
-    tables = [headline] + _tables(summary, evaluation, neighbors)
+    sentiment = _read_json(outputs.join(run_dir, STAGE_DIRS["sentiment"], "metrics.json"))
+    tables = [headline] + _tables(summary, evaluation, neighbors, sentiment)
     title = f"embedflow run {summary['run']}"
 
     md = [f"# {title}", "", f"**{verdict}**", ""]

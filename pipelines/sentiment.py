@@ -189,15 +189,30 @@ def read_polarity(data, encoding, skip):
         yield line.strip()
 
 
+# Header names taken for the default `--label-column label` / `--text-column text` when
+# the header has no such column but exactly one of these.
+COLUMN_SYNONYMS = {"label": ("label", "sentiment", "polarity", "class", "target"),
+                   "text": ("text", "sentence", "review", "content", "document", "comment")}
+
+
 def _column(spec, header, name, role):
     """A column flag -> its index, given the header row (or None)."""
     if spec.isdigit():
         return int(spec)
     lowered = [c.strip().lower() for c in header] if header is not None else []
-    if spec.strip().lower() not in lowered:
-        raise ValueError(f"{name}: its first row has no {role} column {spec!r}: add a header row "
-                         f"naming the columns, or pass --{role}-column as a 0-based index")
-    return lowered.index(spec.strip().lower())
+    wanted = spec.strip().lower()
+    if wanted in lowered:
+        return lowered.index(wanted)
+    synonyms = COLUMN_SYNONYMS.get(role, ()) if wanted == role else ()
+    found = [c for c in lowered if c in synonyms]
+    if len(found) == 1:
+        return lowered.index(found[0])
+    shown = ", ".join(repr(c) for c in header[:8]) if header else "nothing"
+    if len(found) > 1:
+        raise ValueError(f"{name}: its header has several {role} columns ({', '.join(found)}): "
+                         f"choose one with --{role}-column NAME")
+    raise ValueError(f"{name}: no {role} column {spec!r} in its first row ({shown}); name it with "
+                     f"--{role}-column NAME, or give its 0-based index (--{role}-column 1)")
 
 
 def read_table(data, *, delimiter, label_column, text_column, labels, encoding, name, skip):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -88,7 +89,12 @@ def test_first_run_computes_every_stage_writes_a_report_and_promotes(chain):
     assert md.splitlines()[2].startswith("**Promoted: every gate passed")
     assert md.index("## Headline metrics") < md.index("## Stages")
     assert "| digit_accuracy |" in md and "| cat |" in md and "nosuchword" in md
-    assert os.path.exists(os.path.join(run_dir, "report.html"))
+    page = open(os.path.join(run_dir, "report.html"), encoding="utf-8").read()
+    images = re.findall(r"<img src='([^']+)'", page)
+    assert len(images) >= 3  # every image the page shows is a PNG beside it
+    for src in images:
+        with open(os.path.join(run_dir, src), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", src
     for plot in ("pca.png", "confusion_matrix.png"):
         with open(os.path.join(run_dir, "report", plot), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -229,7 +235,7 @@ def test_the_default_run_finds_the_bundled_sample_from_any_directory(tmp_path, m
     manifest = chain_run.run(["--stages", "corpus", "--output-root", "out", "--set", "corpus.min_count=200"])
     assert manifest["status"] == "incomplete" and manifest["stages"]["corpus"]["status"] == "ran"
     assert [f["path"] for f in manifest["inputs"]["corpus"]["files"]] == [
-        os.path.join(REPO, "sample", "corpus", f"wiki_0{i}.gz") for i in range(4)]
+        os.path.join(REPO, "sample", "corpus", f"wiki_{i:02d}.gz") for i in range(32)]
     corpus_dir = os.path.join("out", chain_run.RUNS_DIR, manifest["run"], "corpus")
     assert os.path.exists(os.path.join(corpus_dir, "COMPLETED"))
     assert os.listdir(elsewhere) == ["out"]  # nothing else written where it ran
@@ -251,8 +257,8 @@ def test_analogy_pairs_are_projected_and_drawn_as_arrows(tmp_path):
     words = ["france", "paris", "italy", "rome", "he", "she", "king", "queen", "his", "her", "spain"]
     rng = np.random.default_rng(0)
     vectors = WordVectors(words, rng.normal(size=(len(words), 8)).astype(np.float32))
-    questions = [("capital-common-countries", ("france", "paris", "italy", "rome")),
-                 ("capital-common-countries", ("italy", "rome", "spain", "madrid")),  # madrid: unknown
+    questions = [("capital-common-countries", ("paris", "france", "rome", "italy")),  # capital first
+                 ("capital-common-countries", ("rome", "italy", "madrid", "spain")),  # madrid: unknown
                  ("family", ("he", "she", "king", "queen")), ("family", ("he", "she", "his", "her")),
                  ("gram1-adjective-to-adverb", ("king", "queen", "he", "she"))]
     groups = evaluate.analogy_pairs(questions, vectors)

@@ -118,10 +118,34 @@ def test_csv_reader_with_index_columns_detects_a_header(first_row, expected):
 
 
 def test_table_reader_names_the_file_when_a_named_column_is_missing():
-    with pytest.raises(ValueError, match=r"x\.tsv: its first row has no text column 'review'"):
+    with pytest.raises(ValueError, match=r"x\.tsv: no text column 'review' in its first row "
+                                         r"\('label', 'text'\); name it with --text-column NAME"):
         list(job.read_table(b"label\ttext\npos\tgood\n", delimiter="\t", label_column="label",
                             text_column="review", labels=LABELS, encoding="utf-8", name="x.tsv",
                             skip=Skips()))
+
+
+@pytest.mark.parametrize("header", ["sentiment\tsentence", "Sentence\tPolarity", "review\tlabel",
+                                    "id\tcontent\tclass"])
+def test_common_tsv_headers_need_no_column_flags(header):
+    names = [c.lower() for c in header.split("\t")]
+    label_at = next(i for i, c in enumerate(names) if c in ("sentiment", "polarity", "label", "class"))
+    rows = [["0"] * len(names), ["0"] * len(names)]
+    for row, (label, text) in zip(rows, (("pos", "good fun"), ("neg", "dull"))):
+        row[label_at] = label
+        row[next(i for i, c in enumerate(names) if i != label_at and c != "id")] = text
+    data = (header + "\n" + "".join("\t".join(r) + "\n" for r in rows)).encode()
+    got = list(job.read_table(data, delimiter="\t", label_column="label", text_column="text",
+                              labels=LABELS, encoding="utf-8", name="x.tsv", skip=Skips()))
+    assert got == [(1, "good fun"), (0, "dull")]
+
+
+def test_a_header_with_two_text_like_columns_asks_which():
+    with pytest.raises(ValueError, match=r"several text columns \(review, sentence\): choose one with "
+                                         r"--text-column NAME"):
+        list(job.read_table(b"label\treview\tsentence\npos\ta\tb\n", delimiter="\t",
+                            label_column="label", text_column="text", labels=LABELS,
+                            encoding="utf-8", name="x.tsv", skip=Skips()))
 
 
 def test_label_cells_name_a_class_or_give_its_index():
@@ -437,3 +461,22 @@ def test_end_to_end_pretrained_beats_scratch_then_serve_from_saved_model_alone(
     assert result[schema.SERVING_CLASS_IDS].numpy()[:2].tolist() == [1, 0]
     # Unknown words and no words both average to zeros: the same answer.
     np.testing.assert_allclose(probabilities[2], probabilities[3], rtol=1e-6)
+
+
+def test_min_epochs_keeps_early_stopping_from_giving_up_at_once(topic_embeddings):
+    corpus_dir, embeddings_dir = topic_embeddings
+    vocab_size = len(fixtures.read_vocab(corpus_dir))
+    rows = topic_texts({1: POSITIVE, 0: NEGATIVE}, 30, seed=5)
+    examples = trainer.Examples(
+        [np.array(expected_ids(corpus_dir, text.rstrip(".!,").lower().split())) for _, text in rows],
+        np.array([label for label, _ in rows]), np.array([job.text_hash(t) for _, t in rows]))
+    vectors = trainer.load_vectors(embeddings_dir, vocab_size)
+    runs = {}
+    for min_epochs in (0, 6):
+        # patience 0: without min_epochs, the first epoch that fails to improve ends it.
+        config = trainer.SentimentConfig(epochs=8, batch_size=16, min_epoch_batches=2, patience=0,
+                                         learning_rate=0.5, min_epochs=min_epochs, seed=1)
+        trained = trainer.fit(config, examples, vectors=vectors, pretrained=True, num_classes=2)
+        runs[min_epochs] = len(trained.history["loss"])
+    assert runs[6] >= 7  # watched only from the seventh epoch on
+    assert runs[0] < runs[6]

@@ -152,7 +152,10 @@ def evaluate(vectors, analogies=None, similarity=(), restrict_vocab=30000):
 
 # Analogy sections whose word pairs show structure in a 2D projection, as in the
 # word2vec papers: the offset from a country to its capital, from a man to a woman.
-PAIR_GROUPS = {"country-capital": ("capital-common-countries",), "male-female": ("family",)}
+# group -> (sections, whether the section writes a pair second word first: questions-words
+# has "athens greece baghdad iraq", capital before country).
+PAIR_GROUPS = {"country-capital": (("capital-common-countries",), True),
+               "male-female": (("family",), False)}
 
 
 def analogy_pairs(questions, vectors, per_group=10, restrict_vocab=30000):
@@ -160,11 +163,12 @@ def analogy_pairs(questions, vectors, per_group=10, restrict_vocab=30000):
     among the `restrict_vocab` most frequent, most frequent pairs first."""
     rank = {w: i for i, w in enumerate(vectors.index_to_key[:restrict_vocab])}
     groups = {}
-    for group, sections in PAIR_GROUPS.items():
+    for group, (sections, reverse) in PAIR_GROUPS.items():
         seen = set()
         for section, (a, b, c, d) in questions:
             if section in sections:
-                seen.update(p for p in ((a, b), (c, d)) if p[0] in rank and p[1] in rank)
+                pairs = ((b, a), (d, c)) if reverse else ((a, b), (c, d))
+                seen.update(p for p in pairs if p[0] in rank and p[1] in rank)
         pairs = sorted(seen, key=lambda p: (max(rank[p[0]], rank[p[1]]), p))
         # A word in two pairs (he-she, he-his) would draw a star: keep its first pair.
         kept, used = [], set()

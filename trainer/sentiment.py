@@ -74,6 +74,9 @@ class SentimentConfig(Params):
     learning_rate: float = param(2e-3, gt=0, help="Adam learning rate")
     patience: int = param(4, ge=0,
                           help="stop after this many epochs without a lower validation loss")
+    min_epochs: int = param(0, ge=0,
+                            help="train at least this many epochs before early stopping watches "
+                                 "the validation loss (slowly fine-tuned rows need a few)")
     min_epoch_batches: int = param(50, ge=1,
                                    help="an epoch is a pass over the training set or this many "
                                         "batches, whichever is more")
@@ -403,7 +406,8 @@ def fit(config, examples, *, vectors, pretrained, num_classes, seed_parts=()):
     batches = max(-(-len(fit_at) // config.batch_size), config.min_epoch_batches)
     validation_data = make_dataset(examples.take(validation_at), batch_size=1024)
     stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                            restore_best_weights=True)
+                                            restore_best_weights=True,
+                                            start_from_epoch=config.min_epochs)
     history = model.fit(train_data, validation_data=validation_data, epochs=config.epochs,
                         steps_per_epoch=batches,
                         callbacks=[stopper], shuffle=False, verbose=0)  # shuffled above
@@ -471,8 +475,10 @@ def plot_size_curve(curve, path, title):
             continue
         mean = np.array([p["mean"] for p in curve[init]])
         std = np.array([p["std"] for p in curve[init]])
-        ax.plot(sizes, mean, marker="o", label=f"{init} embeddings")
-        ax.fill_between(sizes, mean - std, mean + std, alpha=0.2)
+        units = len(curve[init][0].get("values", [])) or 1
+        ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=4,
+                    label=f"{init} embeddings (mean +- std over {units})")
+        ax.fill_between(sizes, mean - std, mean + std, alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("training examples")
     ax.set_ylabel("accuracy")
