@@ -114,32 +114,34 @@ def _not_reported_below(record):
 
 def run_job(name, run, argv):
     """Runs one job's `run(argv)`: user errors give one line and exit code 2, an
-    interrupt (Ctrl-C) one line and 130; the staged output is removed either way."""
+    interrupt (Ctrl-C) one line and 130, SIGTERM one line and 143; the staged output is
+    removed in every case."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("apache_beam.runners.common").addFilter(_not_reported_below)
     install_sigterm_handler()
     try:
         run(argv)
-    except Terminated as e:
-        print(f"embedflow {name}: {e}; nothing was published", file=sys.stderr)
-        return TERM_STATUS
-    except USER_ERRORS as e:
-        print(f"embedflow {name}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"embedflow {name}: interrupted; nothing was published", file=sys.stderr)
-        return 130
-    except RuntimeError as e:
-        if stop_requested() and "Terminated" in str(e)[:2000]:
-            print(f"embedflow {name}: stopped by SIGTERM; nothing was published", file=sys.stderr)
-            return TERM_STATUS
-        if not _interrupted(e):
-            raise
-        print(f"embedflow {name}: interrupted; nothing was published", file=sys.stderr)
-        return 130
     except SystemExit as e:  # argparse's --help and usage errors
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except BaseException as e:  # pylint: disable=broad-except
+        return _report(name, e)
     return 0
+
+
+def _report(name, error):
+    """One line for an error a user can act on, and the exit status; re-raises the rest."""
+    if stop_requested():
+        # Whatever the SIGTERM interrupted may have wrapped it in another exception.
+        shown = str(error) if isinstance(error, Terminated) else "stopped by SIGTERM"
+        print(f"embedflow {name}: {shown}; nothing was published", file=sys.stderr)
+        return TERM_STATUS
+    if isinstance(error, KeyboardInterrupt) or (isinstance(error, RuntimeError) and _interrupted(error)):
+        print(f"embedflow {name}: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    if isinstance(error, USER_ERRORS):
+        print(f"embedflow {name}: error: {error}", file=sys.stderr)
+        return 2
+    raise error
 
 
 def main(name, run):

@@ -4,6 +4,7 @@ import bz2
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,7 +63,11 @@ def test_a_gzip_recognised_by_content_fails_when_truncated(tmp_path):
         assert f.read() == b"fine\n"
 
 
-def test_ctrl_c_during_the_corpus_job_exits_130_with_one_line(tmp_path):
+@pytest.mark.parametrize("sig, status, line", [
+    (signal.SIGINT, 130, r"embedflow corpus: interrupted; nothing was published"),
+    (signal.SIGTERM, 143, r"embedflow corpus: stopped by SIGTERM( \[while running '[^']+'\])?; nothing was published"),
+])
+def test_ctrl_c_or_sigterm_during_the_corpus_job_exits_with_one_line(tmp_path, sig, status, line):
     big = fixtures.write(str(tmp_path / "big.txt"), TEXT * 400)  # ~20 MB: seconds of work
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "jobs.corpus", "--input", big, "--output", str(out),
@@ -75,10 +80,10 @@ def test_ctrl_c_during_the_corpus_job_exits_130_with_one_line(tmp_path):
         time.sleep(0.2)
     assert staging, "the job never started its output"
     time.sleep(3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "embedflow corpus: interrupted; nothing was published" in err
+    assert proc.returncode == status, err[-2000:]
+    assert re.search(line, err), err[-2000:]
     assert "Traceback" not in err
     assert not out.exists() and not any(".partial-" in n for n in os.listdir(tmp_path))
 
