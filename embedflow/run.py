@@ -62,6 +62,7 @@ from embedflow.lineage import (copy_stage, digest, embedflow_version, fingerprin
                                write_manifest)
 from embedflow.promotion import check_gates, collect_metrics, latest_metrics, read_latest, write_latest
 from schemas import artifacts as names
+from schemas import embeddings as embeddings_schema
 
 from schemas.runs import (LATEST_FILE, MANIFEST_FILE, RUNS_DIR, STAGE_DIRS, STAGE_RECORD_SUFFIX,  # noqa: F401
                           STAGES, STEPS)
@@ -133,6 +134,8 @@ class Run:
         run_dir = ref if (outputs.is_remote(ref) or os.path.isabs(ref) or os.sep in ref) \
             else outputs.join(self.root, RUNS_DIR, ref)
         embeddings = outputs.join(run_dir, STAGE_SPECS["train"].directory)
+        if outputs.exists(outputs.join(run_dir, embeddings_schema.VECTORS_NPY)):
+            embeddings = run_dir  # an embeddings output itself (embedflow train or import-vectors)
         try:
             info = outputs.require_completed(embeddings, "--warm-start-from", "embedflow run")
         except FileNotFoundError as e:

@@ -159,6 +159,16 @@ def test_warm_start_passes_the_earlier_vectors_to_the_trainer(chain):
     assert rest["warm_start_from"]["run"] == first
 
 
+def test_warm_start_from_an_embeddings_output_directory(chain):
+    """An import-vectors or train output (not a run) can start the trainer too."""
+    embeddings = os.path.join(_run_dir(chain["out"], chain["first"]["run"]), "embeddings")
+    config = run_config.load_config(chain["config"])
+    resolved = chain_run.Run(chain["out"], config, warm_start_from=embeddings).warm_start
+    assert resolved["embeddings"] == embeddings and resolved["vocab_size"] > 0
+    _, argv = chain_run.Run(chain["out"], config, warm_start_from=embeddings).job_argv("train", "x")
+    assert argv[argv.index("--init-from") + 1] == embeddings
+
+
 def test_trainer_init_from_copies_rows_of_shared_words(chain):
     from trainer import skipgram
     from trainer.vectors import WordVectors
