@@ -1,23 +1,28 @@
-"""The trainer's fused CPU kernel: build, cache and load it; the noise alias table.
+"""The trainer's fused CPU kernels: build, cache and load them; the noise alias table.
 
-`sgns_cpu.cc` beside this file is a TensorFlow custom op (EmbedflowSkipgramStep) that
-trains skip-gram with negative sampling on a batch of tokens in place, one pair after
-another, as word2vec's C tool does. TensorFlow's own ops cannot fuse that loop on the
+`sgns_cpu.cc` beside this file holds TensorFlow custom ops that train word2vec's and
+fastText's models with negative sampling on a batch of tokens, in place, as their C/C++
+tools do: skip-gram (`skipgram_step`: by default HogBatch's shared noise words, or
+word2vec's exact pair-by-pair update), CBOW (`cbow_step`, word vectors or subwords) and
+fastText's subword skip-gram (`subword_skipgram_step`); subword tables come from
+`trainer.subwords.ngram_table`. TensorFlow's own ops cannot fuse those loops on the
 CPU: every step would materialise the gathered rows and scatter them back.
 
-The op is compiled on first use with the C++ compiler ($CXX, else g++) against the
+The ops are compiled on first use with the C++ compiler ($CXX, else g++) against the
 headers of the installed TensorFlow (tf.sysconfig), for this machine's processor
-(-march=native), and cached under $EMBEDFLOW_KERNEL_CACHE (default
-~/.cache/embedflow/kernels) by a hash of the source, the compiler flags, TensorFlow's
-version and the processor's features: a later run, or another machine sharing the
-cache, only loads it. The build writes to a temporary file and renames it, so
-concurrent first runs cannot load a half-written library.
+(-march=native: AVX-512, AVX2 or plain code paths), and cached under
+$EMBEDFLOW_KERNEL_CACHE (default ~/.cache/embedflow/kernels) by a hash of the source,
+the compiler flags ($EMBEDFLOW_KERNEL_CXXFLAGS adds some), TensorFlow's version and the
+processor's features: a later run, or another machine sharing the cache, only loads it.
+The build writes to a temporary file and renames it, so concurrent first runs cannot
+load a half-written library.
 """
 
 import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -26,6 +31,10 @@ import numpy as np
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sgns_cpu.cc")
 CACHE_ENV = "EMBEDFLOW_KERNEL_CACHE"
+# Extra compiler flags, after the others (part of the cache key): e.g. "-mno-avx512f" builds
+# and tests the AVX2 code path on an AVX-512 machine, "-mno-avx512f -mno-avx2 -mno-fma"
+# the plain one.
+FLAGS_ENV = "EMBEDFLOW_KERNEL_CXXFLAGS"
 _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC",
           "-Wno-deprecated-declarations", "-Wno-interference-size"]
 # TensorFlow's bundled Eigen does not compile with AVX512-FP16 enabled (g++ 12 on a
@@ -36,9 +45,11 @@ _flags_by_compiler = {}
 
 
 def compiler_flags(cxx):
-    """_FLAGS plus the opt-outs this compiler understands (probed once per compiler)."""
+    """_FLAGS plus the opt-outs this compiler understands (probed once per compiler), then
+    $EMBEDFLOW_KERNEL_CXXFLAGS."""
+    extra_flags = shlex.split(os.environ.get(FLAGS_ENV, ""))
     if shutil.which(cxx) is None:
-        return list(_FLAGS)
+        return list(_FLAGS) + extra_flags
     if cxx not in _flags_by_compiler:
         extra = []
         if platform.machine() in ("x86_64", "AMD64"):
@@ -48,7 +59,7 @@ def compiler_flags(cxx):
                 if probe.returncode == 0:
                     extra.append(flag)
         _flags_by_compiler[cxx] = _FLAGS + extra
-    return _flags_by_compiler[cxx]
+    return _flags_by_compiler[cxx] + extra_flags
 
 
 class KernelUnavailable(RuntimeError):
@@ -126,11 +137,84 @@ def load():
 
 
 def skipgram_step(input_vectors, output_vectors, ids, rows, radius, noise_prob, noise_alias,
-                  learning_rate, seed, compute_loss, negatives):
-    """Runs EmbedflowSkipgramStep (see sgns_cpu.cc); returns (loss sum, pairs)."""
+                  learning_rate, seed, compute_loss, negatives, shared_negatives=True):
+    """Trains skip-gram on one batch in place (EmbedflowSkipgramStep, see sgns_cpu.cc).
+
+    Every (centre, context) pair trains the context's input vector to predict the
+    centre's output vector against `negatives` noise words from the alias table.
+
+    Args:
+      input_vectors, output_vectors: [V, d] float32 variables.
+      ids: int64 [N] consecutive kept tokens; rows: int64 [N] the run of each (pairs never
+        cross runs, a negative row pairs with nothing); radius: int32 [N] each centre's
+        window radius.
+      noise_prob, noise_alias: the alias table of the noise distribution (`alias_table`).
+      learning_rate: float32 scalar; seed: int64 scalar (the noise draws follow from it).
+      compute_loss: bool scalar; without it the loss output is 0 and the call is cheaper.
+      negatives: noise words per pair.
+      shared_negatives: True (fast, HogBatch): a centre draws its noise words once for all
+        its pairs, and its pairs are updated together from the values before them. False:
+        word2vec's exact update, pair by pair, noise drawn for every pair.
+
+    Returns:
+      (loss summed over the pairs, number of pairs), float32 scalars.
+    """
     return load().embedflow_skipgram_step(
         input_vectors.handle, output_vectors.handle, ids, rows, radius, noise_prob, noise_alias,
-        learning_rate, seed, compute_loss, negatives=negatives)
+        learning_rate, seed, compute_loss, negatives=negatives, shared_negatives=shared_negatives)
+
+
+def _table(subwords):
+    """The op inputs of a subword table (offsets, rows), or two empty ones for None."""
+    if subwords is None:
+        return np.zeros([0], np.int64), np.zeros([0], np.int32)
+    offsets, rows = subwords
+    return offsets, rows
+
+
+def cbow_step(input_vectors, output_vectors, ids, rows, radius, noise_prob, noise_alias,
+              learning_rate, seed, compute_loss, negatives, subwords=None):
+    """Trains CBOW on one batch in place (EmbedflowCbowStep, word2vec's cbow_mean=1).
+
+    Every centre with at least one context is predicted from the mean of its contexts'
+    input vectors (with `subwords`: the mean of all the subword rows of all its contexts,
+    as fastText), against `negatives` noise words drawn for the centre; the gradient of
+    the mean is added to every one of those rows, undivided, as word2vec and fastText do.
+
+    Args:
+      as `skipgram_step`; subwords: None, or (offsets int64 [V + 1], rows int32 [nnz]), the
+        table of `trainer.subwords.ngram_table`; then input_vectors has its rows (V +
+        buckets) and output_vectors V.
+
+    Returns:
+      (loss summed over the centres, number of centres trained), float32 scalars.
+    """
+    offsets, sub_rows = _table(subwords)
+    return load().embedflow_cbow_step(
+        input_vectors.handle, output_vectors.handle, ids, rows, radius, noise_prob, noise_alias,
+        learning_rate, seed, compute_loss, offsets, sub_rows, negatives=negatives)
+
+
+def subword_skipgram_step(input_vectors, output_vectors, ids, rows, radius, noise_prob, noise_alias,
+                          learning_rate, seed, compute_loss, negatives, subwords):
+    """Trains fastText's skip-gram on one batch in place (EmbedflowSubwordSkipgramStep).
+
+    A centre's input vector is the mean of its word's subword rows; it predicts the
+    output vector of each of its contexts against `negatives` noise words drawn for that
+    pair. The centre's vector is composed once, and its gradient, summed over its pairs,
+    is added to every one of its rows after them (fastText: after every pair).
+
+    Args:
+      as `skipgram_step`; subwords: (offsets int64 [V + 1], rows int32 [nnz]), the table of
+        `trainer.subwords.ngram_table`; input_vectors has its rows, output_vectors V.
+
+    Returns:
+      (loss summed over the pairs, number of pairs), float32 scalars.
+    """
+    offsets, sub_rows = _table(subwords)
+    return load().embedflow_subword_skipgram_step(
+        input_vectors.handle, output_vectors.handle, ids, rows, radius, noise_prob, noise_alias,
+        learning_rate, seed, compute_loss, offsets, sub_rows, negatives=negatives)
 
 
 def alias_table(weights):

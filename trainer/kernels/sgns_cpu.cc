@@ -1,22 +1,55 @@
-// Fused skip-gram negative-sampling update for the CPU.
+// Fused word2vec / fastText updates for the CPU: skip-gram and CBOW with negative
+// sampling, with or without subword (character n-gram) input vectors.
 //
 // One call trains on a batch of consecutive kept tokens, in place, the way word2vec's
-// C tool and gensim do: for every centre token i and every context j that its radius
-// reaches in the same run, the input vector of the context word is trained to predict
-// the centre word against `negatives` noise words drawn for that pair from the alias
-// table of unigram^0.75. Every pair reads and writes the current rows, so nothing is
-// materialised between the steps of one pair. The batch is cut into one slice of
-// centres per thread of TensorFlow's intra-op pool, and the slices update the shared
-// rows without locks ("Hogwild"), as word2vec's threads do.
+// C tool and gensim do. Token i is a centre; its contexts are the tokens j != i of the
+// same run with |i - j| <= radius[i]. Noise words come from a Walker alias table (of
+// unigram^0.75, built in Python); a noise word equal to the word it is noise for is
+// skipped, as in word2vec. The batch is cut into one slice of centres per thread of
+// TensorFlow's intra-op pool, and the slices update the shared rows without locks
+// ("Hogwild"), as word2vec's threads do.
 //
-// The Python side (trainer/kernels.py) compiles this file once per machine and
+// Ops (each returns the loss summed over the terms before their update, and a count):
+//   EmbedflowSkipgramStep, shared_negatives=false: word2vec's skip-gram update, pair by
+//     pair: the context's input vector against the centre's output vector and
+//     `negatives` noise words drawn for that pair.
+//   EmbedflowSkipgramStep, shared_negatives=true (default): HogBatch (Ji et al. 2016).
+//     The `negatives` noise words are drawn once per centre and shared by all its
+//     pairs; the centre's pairs then form a small matrix problem: the contexts' input
+//     rows X [m, d] against the output rows Y [1 + K, d] of the centre and its noise
+//     words, G = (label - sigmoid(X Y^T)) * lr, X += G Y, Y += G^T X, both from the values
+//     before the centre's update. Every pair still meets K noise words of the right
+//     distribution, so the expected update is word2vec's, at a fraction of the memory
+//     traffic and of the noise draws.
+//   EmbedflowCbowStep: word2vec's CBOW (cbow_mean=1): the mean h of the contexts' input
+//     rows predicts the centre's output row against K noise words drawn per centre;
+//     each output row is updated in turn, and the summed gradient of h is added, whole,
+//     to every context row (word2vec, gensim and fastText all add it undivided). With a
+//     subword table, h is the mean of all the rows of all the contexts' words (fastText).
+//   EmbedflowSubwordSkipgramStep: fastText's skip-gram: the centre's input vector h is
+//     the mean of its word's subword rows (its own row and its n-gram rows); each
+//     context's output row is trained against h with K noise words drawn for that pair,
+//     each output row updated in turn. h is composed once per centre, and the gradient
+//     of h summed over the centre's pairs is added to every one of its rows after them
+//     (fastText recomposes h and updates the rows after every pair).
+//
+// Subword table (CSR): row ids of word w are subword_rows[subword_offsets[w] ..
+// subword_offsets[w + 1]), into input_vectors, which may have more rows than the
+// vocabulary (n-gram buckets after the word rows). Built by trainer/subwords.py.
+//
+// The Python side (trainer/kernels/__init__.py) compiles this file once per machine and
 // TensorFlow version and loads it with tf.load_op_library.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/op_kernel.h"
@@ -34,6 +67,27 @@ using tensorflow::OpKernelContext;
 using tensorflow::Tensor;
 using tensorflow::Var;
 
+absl::Status ScalarOutputs(tensorflow::shape_inference::InferenceContext* c) {
+  c->set_output(0, c->Scalar());
+  c->set_output(1, c->Scalar());
+  return absl::OkStatus();
+}
+
+constexpr char kCommonDoc[] = R"doc(
+input_vectors: [R, d] float variable, the vectors of words as inputs (the embeddings);
+  R is the vocabulary size V, or more with a subword table.
+output_vectors: [V, d] float variable, the vectors of words as predicted words.
+ids: [N] token ids of consecutive kept tokens.
+rows: [N] the run each token belongs to; contexts never cross runs; a negative row is
+  never a centre nor a context.
+radius: [N] the dynamic window radius drawn for each centre.
+noise_prob, noise_alias: [V] Walker alias table of the noise distribution.
+learning_rate: scalar step size.
+seed: scalar; the noise words of a call are a function of it (and of the thread count).
+compute_loss: scalar; when false the loss output is 0 and the call is cheaper.
+loss: sum of the negative-sampling loss terms, each before its update.
+)doc";
+
 REGISTER_OP("EmbedflowSkipgramStep")
     .Input("input_vectors: resource")
     .Input("output_vectors: resource")
@@ -46,30 +100,70 @@ REGISTER_OP("EmbedflowSkipgramStep")
     .Input("seed: int64")
     .Input("compute_loss: bool")
     .Attr("negatives: int >= 1")
+    .Attr("shared_negatives: bool = true")
     .Output("loss: float")
     .Output("pairs: float")
     .SetIsStateful()
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      c->set_output(0, c->Scalar());
-      c->set_output(1, c->Scalar());
-      return absl::OkStatus();
-    })
-    .Doc(R"doc(
+    .SetShapeFn(ScalarOutputs)
+    .Doc(absl::StrCat(R"doc(
 Trains skip-gram with negative sampling on one batch, updating both tables in place.
 
-input_vectors: [V, d] float variable, the vectors of words as contexts (the embeddings).
-output_vectors: [V, d] float variable, the vectors of words as predicted centres.
-ids: [N] token ids of consecutive kept tokens.
-rows: [N] the run each token belongs to; pairs never cross runs; a negative row pairs
-  with nothing.
-radius: [N] the dynamic window radius drawn for each centre.
-noise_prob, noise_alias: [V] Walker alias table of the noise distribution.
-learning_rate: scalar step size.
-seed: scalar; the noise words of a call are a function of it (and of the thread count).
-compute_loss: scalar; when false the loss output is 0 and the call is cheaper.
-loss: sum over the pairs of the negative-sampling loss before the update.
+The context's input vector predicts the centre's output vector. shared_negatives: draw
+the noise words once per centre and update its pairs together (HogBatch), else per pair.
+pairs: number of (centre, context) pairs trained. Both tables are [V, d].
+)doc", kCommonDoc));
+
+REGISTER_OP("EmbedflowCbowStep")
+    .Input("input_vectors: resource")
+    .Input("output_vectors: resource")
+    .Input("ids: int64")
+    .Input("rows: int64")
+    .Input("radius: int32")
+    .Input("noise_prob: float")
+    .Input("noise_alias: int32")
+    .Input("learning_rate: float")
+    .Input("seed: int64")
+    .Input("compute_loss: bool")
+    .Input("subword_offsets: int64")
+    .Input("subword_rows: int32")
+    .Attr("negatives: int >= 1")
+    .Output("loss: float")
+    .Output("centres: float")
+    .SetIsStateful()
+    .SetShapeFn(ScalarOutputs)
+    .Doc(absl::StrCat(R"doc(
+Trains CBOW (mean of the context vectors) with negative sampling on one batch, in place.
+
+subword_offsets, subword_rows: the subword table (CSR, [V + 1] and [nnz]), or both empty
+  for word vectors only (then both tables are [V, d]).
+centres: number of centres trained (those with at least one context).
+)doc", kCommonDoc));
+
+REGISTER_OP("EmbedflowSubwordSkipgramStep")
+    .Input("input_vectors: resource")
+    .Input("output_vectors: resource")
+    .Input("ids: int64")
+    .Input("rows: int64")
+    .Input("radius: int32")
+    .Input("noise_prob: float")
+    .Input("noise_alias: int32")
+    .Input("learning_rate: float")
+    .Input("seed: int64")
+    .Input("compute_loss: bool")
+    .Input("subword_offsets: int64")
+    .Input("subword_rows: int32")
+    .Attr("negatives: int >= 1")
+    .Output("loss: float")
+    .Output("pairs: float")
+    .SetIsStateful()
+    .SetShapeFn(ScalarOutputs)
+    .Doc(absl::StrCat(R"doc(
+Trains fastText's skip-gram on one batch, in place: the mean of the centre word's subword
+rows predicts each context's output vector.
+
+subword_offsets, subword_rows: the subword table (CSR, [V + 1] and [nnz]).
 pairs: number of (centre, context) pairs trained.
-)doc");
+)doc", kCommonDoc));
 
 namespace {
 
@@ -92,16 +186,172 @@ struct Rng {
   }
 };
 
+// ---- Vectors of kLanes floats: AVX-512, AVX2 + FMA, or one float, by what the build
+// targets (-march=native). A row of `dim` floats is walked in chunks of kLanes; the last
+// chunk may be partial (a Lane mask), and a partial load fills the rest with zeros.
+#if defined(__AVX512F__)
+constexpr int64_t kLanes = 16;
+using V = __m512;
+struct Lane {
+  __mmask16 mask;
+  static Lane Full() { return {static_cast<__mmask16>(0xffff)}; }
+  static Lane Part(int64_t n) { return {static_cast<__mmask16>((1u << n) - 1)}; }
+};
+inline V Zero() { return _mm512_setzero_ps(); }
+inline V Set1(float x) { return _mm512_set1_ps(x); }
+inline V Load(const float* p, Lane l) { return _mm512_maskz_loadu_ps(l.mask, p); }
+inline void Store(float* p, V v, Lane l) { _mm512_mask_storeu_ps(p, l.mask, v); }
+inline V Add(V a, V b) { return _mm512_add_ps(a, b); }
+inline V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+inline V Fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline V Min(V a, V b) { return _mm512_min_ps(a, b); }
+inline V Max(V a, V b) { return _mm512_max_ps(a, b); }
+inline V Div(V a, V b) { return _mm512_div_ps(a, b); }
+inline V Round(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline V Scale2(V a, V n) { return _mm512_scalef_ps(a, n); }  // a * 2^n, n integral
+// a = f * 2^n with f in [1, 2), for positive normal a; returns f, sets n.
+inline V Frexp(V a, V* n) {
+  *n = _mm512_getexp_ps(a);
+  return _mm512_getmant_ps(a, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_zero);
+}
+inline float Sum(V v) { return _mm512_reduce_add_ps(v); }
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t kLanes = 8;
+using V = __m256;
+struct Lane {
+  bool full;
+  __m256i mask;
+  static Lane Full() { return {true, _mm256_set1_epi32(-1)}; }
+  static Lane Part(int64_t n) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return {false, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), lanes)};
+  }
+};
+inline V Zero() { return _mm256_setzero_ps(); }
+inline V Set1(float x) { return _mm256_set1_ps(x); }
+inline V Load(const float* p, Lane l) { return l.full ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, l.mask); }
+inline void Store(float* p, V v, Lane l) {
+  if (l.full) {
+    _mm256_storeu_ps(p, v);
+  } else {
+    _mm256_maskstore_ps(p, l.mask, v);
+  }
+}
+inline V Add(V a, V b) { return _mm256_add_ps(a, b); }
+inline V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+inline V Fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline V Min(V a, V b) { return _mm256_min_ps(a, b); }
+inline V Max(V a, V b) { return _mm256_max_ps(a, b); }
+inline V Div(V a, V b) { return _mm256_div_ps(a, b); }
+inline V Round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline V Scale2(V a, V n) {
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(a, _mm256_castsi256_ps(bits));
+}
+inline V Frexp(V a, V* n) {
+  const __m256i bits = _mm256_castps_si256(a);
+  *n = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127)));
+  return _mm256_castsi256_ps(
+      _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f800000)));
+}
+inline float Sum(V v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+#else
+constexpr int64_t kLanes = 1;
+using V = float;
+struct Lane {
+  static Lane Full() { return {}; }
+  static Lane Part(int64_t) { return {}; }
+};
+inline V Zero() { return 0.f; }
+inline V Set1(float x) { return x; }
+inline V Load(const float* p, Lane) { return *p; }
+inline void Store(float* p, V v, Lane) { *p = v; }
+inline V Add(V a, V b) { return a + b; }
+inline V Mul(V a, V b) { return a * b; }
+inline V Fma(V a, V b, V c) { return a * b + c; }
+inline V Min(V a, V b) { return std::min(a, b); }
+inline V Max(V a, V b) { return std::max(a, b); }
+inline V Div(V a, V b) { return a / b; }
+inline V Round(V a) { return std::nearbyint(a); }
+inline V Scale2(V a, V n) { return std::ldexp(a, static_cast<int>(n)); }
+inline V Frexp(V a, V* n) {
+  int e = 0;
+  const float f = std::frexp(a, &e);  // in [0.5, 1)
+  *n = static_cast<float>(e - 1);
+  return 2.f * f;
+}
+inline float Sum(V v) { return v; }
+#endif
+
+// Calls f(k, lane) for the chunks [k, k + kLanes) of a row of n floats.
+template <typename F>
+inline void ForChunks(int64_t n, F&& f) {
+  int64_t k = 0;
+  for (; k + kLanes <= n; k += kLanes) f(k, Lane::Full());
+  if (k < n) f(k, Lane::Part(n - k));
+}
+
 inline float Dot(const float* a, const float* b, int64_t n) {
-  float s = 0.f;
-#pragma omp simd reduction(+ : s)
-  for (int64_t k = 0; k < n; ++k) s += a[k] * b[k];
-  return s;
+  V acc = Zero();
+  ForChunks(n, [&](int64_t k, Lane l) { acc = Fma(Load(a + k, l), Load(b + k, l), acc); });
+  return Sum(acc);
 }
 
 inline void Axpy(float* y, float alpha, const float* x, int64_t n) {
-#pragma omp simd
-  for (int64_t k = 0; k < n; ++k) y[k] += alpha * x[k];
+  const V a = Set1(alpha);
+  ForChunks(n, [&](int64_t k, Lane l) { Store(y + k, Fma(a, Load(x + k, l), Load(y + k, l)), l); });
+}
+
+// exp(x) for x in [-88, 88]: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor
+// series to r^7 (relative error below 2e-7), times 2^n.
+inline V Exp(V x) {
+  const V n = Round(Mul(x, Set1(1.44269504088896341f)));
+  // r = x - n ln2, ln2 = 0.693359375 - 2.12194440e-4 split so that n * 0.693359375 is exact.
+  const V r = Fma(n, Set1(2.12194440e-4f), Fma(n, Set1(-0.693359375f), x));
+  V p = Set1(1.f / 5040);
+  p = Fma(p, r, Set1(1.f / 720));
+  p = Fma(p, r, Set1(1.f / 120));
+  p = Fma(p, r, Set1(1.f / 24));
+  p = Fma(p, r, Set1(1.f / 6));
+  p = Fma(p, r, Set1(0.5f));
+  p = Fma(p, r, Set1(1.f));
+  p = Fma(p, r, Set1(1.f));
+  return Scale2(p, n);
+}
+
+// log(a) for positive normal a: a = f 2^n, f in [1, 2); log f = 2 atanh(s), s = (f - 1) /
+// (f + 1) in [0, 1/3), by its series to s^13 (error below 1e-8).
+inline V Log(V a) {
+  V n;
+  const V f = Frexp(a, &n);
+  const V s = Div(Add(f, Set1(-1.f)), Add(f, Set1(1.f)));
+  const V s2 = Mul(s, s);
+  V p = Set1(2.f / 13);
+  p = Fma(p, s2, Set1(2.f / 11));
+  p = Fma(p, s2, Set1(2.f / 9));
+  p = Fma(p, s2, Set1(2.f / 7));
+  p = Fma(p, s2, Set1(2.f / 5));
+  p = Fma(p, s2, Set1(2.f / 3));
+  p = Fma(p, s2, Set1(2.f));
+  return Fma(n, Set1(0.693147180559945f), Mul(p, s));
+}
+
+inline void Prefetch(const float* row, int64_t lines) {
+  const char* p = reinterpret_cast<const char*>(row);
+  for (int64_t line = 0; line < lines; ++line) __builtin_prefetch(p + 64 * line, 1);
+}
+
+// The step size of one term (dot = input . output row) and its loss: -log sigmoid(x)
+// = log1p(e) for the word itself, -log sigmoid(-x) = x + log1p(e) for a noise word.
+inline float Coefficient(float dot, bool positive, float lr, bool with_loss, double* loss) {
+  const float x = std::min(30.f, std::max(-30.f, dot));
+  const float e = std::exp(-x);
+  if (with_loss) *loss += std::log1p(e) + (positive ? 0.f : x);
+  return ((positive ? 1.f : 0.f) - 1.f / (1.f + e)) * lr;
 }
 
 // Makes the variable's buffer private before writing in place: a tensor read from the
@@ -116,11 +366,352 @@ absl::Status MakeExclusive(OpKernelContext* ctx, Var* var) {
   return absl::OkStatus();
 }
 
+// Everything a slice of centres reads and writes.
+struct Batch {
+  float* w_in;
+  float* w_out;
+  int64_t dim;
+  int64_t lines;  // cache lines of a row
+  int64_t vocab;
+  const int64_t* ids;
+  const int64_t* rows;
+  const int32_t* radius;
+  int64_t n;
+  const float* prob;
+  const int32_t* alias;
+  const int64_t* sub_offsets;  // the subword table, or null
+  const int32_t* sub_rows;
+  float lr;
+  bool with_loss;
+  int negatives;
+
+  // A noise word, its output row prefetched for the update that will use it.
+  inline int64_t DrawNoise(Rng* rng) const {
+    const uint64_t u = rng->Next();
+    const int64_t b = static_cast<int64_t>(((u >> 32) * static_cast<uint64_t>(vocab)) >> 32);
+    const float frac = static_cast<float>(u & 0xffffffffULL) * (1.0f / 4294967296.0f);
+    const int64_t t = frac < prob[b] ? b : alias[b];
+    Prefetch(w_out + t * dim, lines);
+    return t;
+  }
+
+  // The contexts of centre i (positions), into `out`; returns how many.
+  inline int64_t Contexts(int64_t i, int64_t* out) const {
+    const int64_t row = rows[i];
+    if (row < 0) return 0;
+    const int64_t r = radius[i];
+    const int64_t lo = std::max<int64_t>(0, i - r), hi = std::min<int64_t>(n - 1, i + r);
+    int64_t m = 0;
+    for (int64_t j = lo; j <= hi; ++j) {
+      if (j != i && rows[j] == row) out[m++] = j;
+    }
+    return m;
+  }
+
+  // Appends the input rows of word w (its subword rows, or itself) to `bag`.
+  inline void AddRows(int64_t w, std::vector<float*>* bag) const {
+    if (sub_offsets == nullptr) {
+      bag->push_back(w_in + w * dim);
+      return;
+    }
+    for (int64_t k = sub_offsets[w]; k < sub_offsets[w + 1]; ++k) bag->push_back(w_in + sub_rows[k] * dim);
+  }
+
+  // Prefetches the input rows of word w (its subword rows, or itself).
+  inline void PrefetchRows(int64_t w) const {
+    if (sub_offsets == nullptr) {
+      Prefetch(w_in + w * dim, lines);
+      return;
+    }
+    for (int64_t k = sub_offsets[w]; k < sub_offsets[w + 1]; ++k) Prefetch(w_in + sub_rows[k] * dim, lines);
+  }
+
+  // The most contexts a centre of this batch can have (a buffer size).
+  int64_t MaxContexts() const {
+    int64_t r = 0;
+    for (int64_t i = 0; i < n; ++i) r = std::max<int64_t>(r, radius[i]);
+    return std::min(2 * r, n) + 1;
+  }
+};
+
+using SliceFn = void (*)(const Batch&, Rng*, int64_t lo, int64_t hi, double* loss, double* count);
+
+// Draws between drawing noise words (and prefetching their rows) and using them: the
+// arithmetic of one centre or pair is shorter than a load from memory.
+constexpr int64_t kAhead = 2;
+
+// Sets of `negatives` noise words, each drawn kAhead sets before it is used.
+class NoiseRing {
+ public:
+  NoiseRing(const Batch& b, Rng* rng) : b_(b), rng_(rng), ring_((kAhead + 1) * b.negatives) {
+    for (int64_t k = 0; k < kAhead * b.negatives; ++k) ring_[k] = b.DrawNoise(rng);
+  }
+
+  // The next set (valid until the next call).
+  const int64_t* Next() {
+    const int64_t* current = ring_.data() + slot_ * b_.negatives;
+    int64_t* ahead = ring_.data() + ((slot_ + kAhead) % (kAhead + 1)) * b_.negatives;
+    for (int k = 0; k < b_.negatives; ++k) ahead[k] = b_.DrawNoise(rng_);
+    slot_ = (slot_ + 1) % (kAhead + 1);
+    return current;
+  }
+
+ private:
+  const Batch& b_;
+  Rng* rng_;
+  std::vector<int64_t> ring_;
+  int64_t slot_ = 0;
+};
+
+// The mean of the input rows in `bag`, into h.
+inline void Mean(const std::vector<float*>& bag, int64_t dim, float* h) {
+  std::fill(h, h + dim, 0.f);
+  for (const float* row : bag) Axpy(h, 1.f, row, dim);
+  const float inv = 1.f / static_cast<float>(bag.size());
+  for (int64_t d = 0; d < dim; ++d) h[d] *= inv;
+}
+
+// h against the output row of `target` (positive) or of a noise word: the output row is
+// updated at once (one pass over it: its old value into h's gradient, in grad, then its
+// own update).
+inline void Predict(const Batch& b, const float* h, int64_t target, bool positive, float* grad,
+                    double* loss) {
+  float* c = b.w_out + target * b.dim;
+  const float g = Coefficient(Dot(h, c, b.dim), positive, b.lr, b.with_loss, loss);
+#pragma omp simd
+  for (int64_t d = 0; d < b.dim; ++d) {
+    grad[d] += g * c[d];
+    c[d] += g * h[d];
+  }
+}
+
+// word2vec's skip-gram, pair by pair.
+void SkipgramPairs(const Batch& b, Rng* rng, int64_t lo, int64_t hi, double* loss, double* count) {
+  const int64_t dim = b.dim;
+  const int negatives = b.negatives;
+  std::vector<float> grad(dim);
+  std::vector<int64_t> ctx(b.MaxContexts());
+  NoiseRing noise(b, rng);
+  for (int64_t i = lo; i < hi; ++i) {
+    const int64_t m = b.Contexts(i, ctx.data());
+    const int64_t centre = b.ids[i];
+    for (int64_t a = 0; a < m; ++a) {
+      const int64_t* current = noise.Next();
+      float* l1 = b.w_in + b.ids[ctx[a]] * dim;
+      std::fill(grad.begin(), grad.end(), 0.f);
+      Predict(b, l1, centre, true, grad.data(), loss);
+      for (int k = 0; k < negatives; ++k) {
+        if (current[k] != centre) Predict(b, l1, current[k], false, grad.data(), loss);
+      }
+      Axpy(l1, 1.f, grad.data(), dim);
+      *count += 1.0;
+    }
+  }
+}
+
+// ---- HogBatch: a centre's pairs share its noise words and are updated together. The
+// centre's m context rows x[a] (inputs) and t target rows y[c] (outputs: the centre,
+// then its noise words) make logits L = X Y^T [m, t] and steps G = (label - sigmoid(L))
+// * lr; then X += G Y and Y += G^T X, both from the rows before the centre's update.
+// Rows may repeat (a word twice among the contexts, a noise word drawn twice): their
+// updates add up.
+
+// Buffers of one centre's [m, t] terms.
+struct CentreScratch {
+  float* logit;
+  float* coef;
+  float* loss;
+  float* dx;  // [m, max(dim, kLanes)]
+};
+
+// coef = (label - sigmoid(logit)) * lr over [m, t], label 1 in column 0; returns the
+// loss: log(1 + e^-x) for a label 1, x + log(1 + e^-x) for a label 0.
+inline double SharedSteps(int64_t m, int64_t t, float lr, bool with_loss, const CentreScratch& w) {
+  const int64_t n = m * t;
+  for (int64_t i = 0; i < n; i += kLanes) {
+    const Lane l = i + kLanes <= n ? Lane::Full() : Lane::Part(n - i);
+    const V x = Min(Set1(30.f), Max(Set1(-30.f), Load(w.logit + i, l)));
+    const V e = Add(Set1(1.f), Exp(Mul(x, Set1(-1.f))));
+    Store(w.coef + i, Div(Set1(-lr), e), l);
+    if (with_loss) Store(w.loss + i, Log(e), l);
+  }
+  double loss = 0.0;
+  for (int64_t a = 0; a < m; ++a) {
+    w.coef[a * t] += lr;
+    if (!with_loss) continue;
+    for (int64_t c = 0; c < t; ++c) {
+      loss += w.loss[a * t + c] + (c == 0 ? 0.f : std::min(30.f, std::max(-30.f, w.logit[a * t + c])));
+    }
+  }
+  return loss;
+}
+
+// One centre with exactly T targets: the rows stay in registers chunk by chunk.
+template <int T>
+double SharedCentre(float* const* x, int64_t m, float* const* y, int64_t dim, float lr, bool with_loss,
+                    const CentreScratch& w) {
+  float* logit = w.logit;
+  const float* coef = w.coef;
+  float* scratch = w.dx;
+  for (int64_t a = 0; a < m; ++a) {
+    V acc[T];
+    for (int c = 0; c < T; ++c) acc[c] = Zero();
+    ForChunks(dim, [&](int64_t k, Lane l) {
+      const V xa = Load(x[a] + k, l);
+      for (int c = 0; c < T; ++c) acc[c] = Fma(xa, Load(y[c] + k, l), acc[c]);
+    });
+    for (int c = 0; c < T; ++c) logit[a * T + c] = Sum(acc[c]);
+  }
+  const double loss = SharedSteps(m, T, lr, with_loss, w);
+  ForChunks(dim, [&](int64_t k, Lane l) {
+    V yc[T], dy[T];
+    for (int c = 0; c < T; ++c) {
+      yc[c] = Load(y[c] + k, l);
+      dy[c] = Zero();
+    }
+    for (int64_t a = 0; a < m; ++a) {
+      const V xa = Load(x[a] + k, l);
+      V dxa = Zero();
+      for (int c = 0; c < T; ++c) {
+        const V g = Set1(coef[a * T + c]);
+        dxa = Fma(g, yc[c], dxa);
+        dy[c] = Fma(g, xa, dy[c]);
+      }
+      Store(scratch + a * kLanes, dxa, Lane::Full());
+    }
+    // Written back only now, after every read of this chunk: updates of a repeated row
+    // add up, each computed from the old values.
+    for (int64_t a = 0; a < m; ++a) {
+      Store(x[a] + k, Add(Load(x[a] + k, l), Load(scratch + a * kLanes, Lane::Full())), l);
+    }
+    for (int c = 0; c < T; ++c) Store(y[c] + k, Add(Load(y[c] + k, l), dy[c]), l);
+  });
+  return loss;
+}
+
+// The same for any number of targets, a row at a time (more than 8 targets: rare).
+double SharedCentreAny(float* const* x, int64_t m, float* const* y, int64_t t, int64_t dim, float lr,
+                       bool with_loss, const CentreScratch& w) {
+  const float* coef = w.coef;
+  float* dx = w.dx;
+  for (int64_t a = 0; a < m; ++a) {
+    for (int64_t c = 0; c < t; ++c) w.logit[a * t + c] = Dot(x[a], y[c], dim);
+  }
+  const double loss = SharedSteps(m, t, lr, with_loss, w);
+  for (int64_t a = 0; a < m; ++a) {
+    float* da = dx + a * dim;
+    std::fill(da, da + dim, 0.f);
+    for (int64_t c = 0; c < t; ++c) Axpy(da, coef[a * t + c], y[c], dim);
+  }
+  for (int64_t c = 0; c < t; ++c) {
+    for (int64_t a = 0; a < m; ++a) Axpy(y[c], coef[a * t + c], x[a], dim);
+  }
+  for (int64_t a = 0; a < m; ++a) Axpy(x[a], 1.f, dx + a * dim, dim);
+  return loss;
+}
+
+void SkipgramShared(const Batch& b, Rng* rng, int64_t lo, int64_t hi, double* loss, double* count) {
+  const int64_t dim = b.dim;
+  const int negatives = b.negatives;
+  const int64_t max_ctx = b.MaxContexts();
+  std::vector<int64_t> ctx(max_ctx);
+  std::vector<float*> x(max_ctx), y(negatives + 1);
+  const int64_t terms = max_ctx * (negatives + 1);
+  std::vector<float> buffer(3 * terms + max_ctx * std::max(dim, kLanes));
+  const CentreScratch work{buffer.data(), buffer.data() + terms, buffer.data() + 2 * terms, buffer.data() + 3 * terms};
+  NoiseRing noise(b, rng);
+  for (int64_t i = lo; i < hi; ++i) {
+    const int64_t m = b.Contexts(i, ctx.data());
+    if (m == 0) continue;
+    const int64_t* current = noise.Next();
+    const int64_t centre = b.ids[i];
+    int64_t t = 0;
+    y[t++] = b.w_out + centre * dim;
+    for (int k = 0; k < negatives; ++k) {
+      if (current[k] != centre) y[t++] = b.w_out + current[k] * dim;
+    }
+    for (int64_t a = 0; a < m; ++a) x[a] = b.w_in + b.ids[ctx[a]] * dim;
+    const auto args = std::make_tuple(x.data(), m, y.data(), dim, b.lr, b.with_loss, work);
+    switch (t) {
+      case 1: *loss += std::apply(SharedCentre<1>, args); break;
+      case 2: *loss += std::apply(SharedCentre<2>, args); break;
+      case 3: *loss += std::apply(SharedCentre<3>, args); break;
+      case 4: *loss += std::apply(SharedCentre<4>, args); break;
+      case 5: *loss += std::apply(SharedCentre<5>, args); break;
+      case 6: *loss += std::apply(SharedCentre<6>, args); break;
+      case 7: *loss += std::apply(SharedCentre<7>, args); break;
+      case 8: *loss += std::apply(SharedCentre<8>, args); break;
+      default:
+        *loss += SharedCentreAny(x.data(), m, y.data(), t, dim, b.lr, b.with_loss, work);
+    }
+    *count += static_cast<double>(m);
+  }
+}
+
+// word2vec's CBOW (cbow_mean=1), fastText's with a subword table.
+void Cbow(const Batch& b, Rng* rng, int64_t lo, int64_t hi, double* loss, double* count) {
+  const int64_t dim = b.dim;
+  const int64_t max_ctx = b.MaxContexts();
+  std::vector<int64_t> ctx(max_ctx);
+  std::vector<float*> bag;
+  std::vector<float> h(dim), grad(dim);
+  NoiseRing noise(b, rng);
+  for (int64_t i = lo; i < hi; ++i) {
+    // The rows of the token that enters the windows of the next centres.
+    if (i + max_ctx < b.n) b.PrefetchRows(b.ids[i + max_ctx]);
+    const int64_t m = b.Contexts(i, ctx.data());
+    if (m == 0) continue;
+    const int64_t centre = b.ids[i];
+    const int64_t* words = noise.Next();
+    bag.clear();
+    for (int64_t a = 0; a < m; ++a) b.AddRows(b.ids[ctx[a]], &bag);
+    Mean(bag, dim, h.data());
+    std::fill(grad.begin(), grad.end(), 0.f);
+    Predict(b, h.data(), centre, true, grad.data(), loss);
+    for (int k = 0; k < b.negatives; ++k) {
+      if (words[k] != centre) Predict(b, h.data(), words[k], false, grad.data(), loss);
+    }
+    for (float* row : bag) Axpy(row, 1.f, grad.data(), dim);
+    *count += 1.0;
+  }
+}
+
+// fastText's skip-gram, the centre's vector composed once per centre.
+void SubwordSkipgram(const Batch& b, Rng* rng, int64_t lo, int64_t hi, double* loss, double* count) {
+  const int64_t dim = b.dim;
+  std::vector<int64_t> ctx(b.MaxContexts());
+  std::vector<float*> bag;
+  std::vector<float> h(dim), grad(dim);
+  NoiseRing noise(b, rng);
+  for (int64_t i = lo; i < hi; ++i) {
+    if (i + 1 < hi) b.PrefetchRows(b.ids[i + 1]);  // the next centre's, while this one trains
+    const int64_t m = b.Contexts(i, ctx.data());
+    if (m == 0) continue;
+    bag.clear();
+    b.AddRows(b.ids[i], &bag);
+    Mean(bag, dim, h.data());
+    std::fill(grad.begin(), grad.end(), 0.f);
+    for (int64_t a = 0; a < m; ++a) {
+      const int64_t target = b.ids[ctx[a]];
+      const int64_t* words = noise.Next();
+      Predict(b, h.data(), target, true, grad.data(), loss);
+      for (int k = 0; k < b.negatives; ++k) {
+        if (words[k] != target) Predict(b, h.data(), words[k], false, grad.data(), loss);
+      }
+    }
+    for (float* row : bag) Axpy(row, 1.f, grad.data(), dim);
+    *count += static_cast<double>(m);
+  }
+}
+
+enum class Subwords { kNone, kOptional, kRequired };
+
 }  // namespace
 
-class SkipgramStepOp : public OpKernel {
+// The checks, locking, slicing and outputs every op shares; subclasses pick the update.
+class StepOp : public OpKernel {
  public:
-  explicit SkipgramStepOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  StepOp(OpKernelConstruction* ctx, Subwords subwords) : OpKernel(ctx), subwords_(subwords) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("negatives", &negatives_));
   }
 
@@ -135,12 +726,15 @@ class SkipgramStepOp : public OpKernel {
     const Tensor& radius_t = ctx->input(4);
     const Tensor& prob_t = ctx->input(5);
     const Tensor& alias_t = ctx->input(6);
-    const float lr = ctx->input(7).scalar<float>()();
-    const uint64_t seed = static_cast<uint64_t>(ctx->input(8).scalar<int64_t>()());
-    const bool with_loss = ctx->input(9).scalar<bool>()();
     const int64_t n = ids_t.NumElements();
     OP_REQUIRES(ctx, ids_t.dims() == 1 && rows_t.NumElements() == n && radius_t.NumElements() == n,
                 absl::InvalidArgumentError("ids, rows and radius must be vectors of one length"));
+    Batch b{};
+    b.lr = ctx->input(7).scalar<float>()();
+    const uint64_t seed = static_cast<uint64_t>(ctx->input(8).scalar<int64_t>()());
+    b.with_loss = ctx->input(9).scalar<bool>()();
+    b.negatives = negatives_;
+    const bool with_subwords = subwords_ != Subwords::kNone && ctx->input(10).NumElements() > 0;
 
     tensorflow::mutex_lock in_lock(*in_var->mu());
     tensorflow::mutex_lock out_lock(*out_var->mu());
@@ -148,122 +742,150 @@ class SkipgramStepOp : public OpKernel {
     Tensor* out_t = out_var->tensor();
     OP_REQUIRES(ctx, in_t->dtype() == tensorflow::DT_FLOAT && out_t->dtype() == tensorflow::DT_FLOAT,
                 absl::InvalidArgumentError("the vector tables must be float32"));
-    OP_REQUIRES(ctx, in_t->dims() == 2 && in_t->shape() == out_t->shape(),
-                absl::InvalidArgumentError("the vector tables must be matrices of one shape"));
-    const int64_t vocab = in_t->dim_size(0);
-    const int64_t dim = in_t->dim_size(1);
-    OP_REQUIRES(ctx, prob_t.NumElements() == vocab && alias_t.NumElements() == vocab,
-                absl::InvalidArgumentError("noise_prob and noise_alias must hold one entry per vocabulary row"));
-
-    const int64_t* ids = ids_t.flat<int64_t>().data();
-    const int64_t* rows = rows_t.flat<int64_t>().data();
-    const int32_t* radius = radius_t.flat<int32_t>().data();
-    const float* prob = prob_t.flat<float>().data();
-    const int32_t* alias = alias_t.flat<int32_t>().data();
-    for (int64_t i = 0; i < n; ++i) {
-      OP_REQUIRES(ctx, ids[i] >= 0 && ids[i] < vocab,
-                  absl::InvalidArgumentError(absl::StrCat("ids[", i, "] = ", ids[i], " is outside the vocabulary [0, ",
-                                                          vocab, ")")));
+    if (with_subwords || subwords_ == Subwords::kRequired) {
+      OP_REQUIRES(ctx, in_t->dims() == 2 && out_t->dims() == 2 && in_t->dim_size(1) == out_t->dim_size(1) &&
+                           in_t->dim_size(0) >= out_t->dim_size(0),
+                  absl::InvalidArgumentError("the vector tables must be matrices of one width, input_vectors "
+                                             "with at least as many rows as output_vectors"));
+    } else {
+      OP_REQUIRES(ctx, in_t->dims() == 2 && in_t->shape() == out_t->shape(),
+                  absl::InvalidArgumentError("the vector tables must be matrices of one shape"));
     }
-    for (int64_t i = 0; i < vocab; ++i) {
-      OP_REQUIRES(ctx, alias[i] >= 0 && alias[i] < vocab,
-                  absl::InvalidArgumentError("noise_alias holds an id outside the vocabulary"));
+    b.vocab = out_t->dim_size(0);
+    b.dim = in_t->dim_size(1);
+    b.lines = (b.dim * static_cast<int64_t>(sizeof(float)) + 63) / 64;
+    OP_REQUIRES(ctx, prob_t.NumElements() == b.vocab && alias_t.NumElements() == b.vocab,
+                absl::InvalidArgumentError("noise_prob and noise_alias must hold one entry per vocabulary row"));
+    b.ids = ids_t.flat<int64_t>().data();
+    b.rows = rows_t.flat<int64_t>().data();
+    b.radius = radius_t.flat<int32_t>().data();
+    b.n = n;
+    b.prob = prob_t.flat<float>().data();
+    b.alias = alias_t.flat<int32_t>().data();
+    OP_REQUIRES_OK(ctx, CheckIds(b));
+    if (with_subwords || subwords_ == Subwords::kRequired) {
+      OP_REQUIRES_OK(ctx, CheckSubwords(ctx->input(10), ctx->input(11), b.vocab, in_t->dim_size(0)));
+      b.sub_offsets = ctx->input(10).flat<int64_t>().data();
+      b.sub_rows = ctx->input(11).flat<int32_t>().data();
     }
 
     OP_REQUIRES_OK(ctx, MakeExclusive(ctx, in_var.get()));
     OP_REQUIRES_OK(ctx, MakeExclusive(ctx, out_var.get()));
-    float* w_in = in_t->flat<float>().data();
-    float* w_out = out_t->flat<float>().data();
+    b.w_in = in_t->flat<float>().data();
+    b.w_out = out_t->flat<float>().data();
+    double loss = 0.0, count = 0.0;
+    Run(ctx, b, seed, &loss, &count);
+    Tensor* loss_out = nullptr;
+    Tensor* count_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {}, &loss_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {}, &count_out));
+    loss_out->scalar<float>()() = static_cast<float>(loss);
+    count_out->scalar<float>()() = static_cast<float>(count);
+  }
 
+ protected:
+  virtual SliceFn Update() const = 0;
+
+ private:
+  static absl::Status CheckIds(const Batch& b) {
+    for (int64_t i = 0; i < b.n; ++i) {
+      if (b.ids[i] < 0 || b.ids[i] >= b.vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("ids[", i, "] = ", b.ids[i], " is outside the vocabulary [0, ", b.vocab, ")"));
+      }
+    }
+    for (int64_t i = 0; i < b.vocab; ++i) {
+      if (b.alias[i] < 0 || b.alias[i] >= b.vocab) {
+        return absl::InvalidArgumentError("noise_alias holds an id outside the vocabulary");
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status CheckSubwords(const Tensor& offsets_t, const Tensor& rows_t, int64_t vocab, int64_t in_rows) {
+    const int64_t nnz = rows_t.NumElements();
+    if (offsets_t.dims() != 1 || offsets_t.NumElements() != vocab + 1) {
+      return absl::InvalidArgumentError(absl::StrCat("subword_offsets must hold vocabulary size + 1 = ", vocab + 1,
+                                                     " entries, got ", offsets_t.NumElements()));
+    }
+    const int64_t* offsets = offsets_t.flat<int64_t>().data();
+    if (offsets[0] != 0 || offsets[vocab] != nnz) {
+      return absl::InvalidArgumentError(absl::StrCat("subword_offsets must start at 0 and end at the length of "
+                                                     "subword_rows (", nnz, ")"));
+    }
+    for (int64_t w = 0; w < vocab; ++w) {
+      if (offsets[w + 1] <= offsets[w]) {
+        return absl::InvalidArgumentError(absl::StrCat("word ", w, " has no subword rows: subword_offsets must "
+                                                       "increase strictly"));
+      }
+    }
+    const int32_t* rows = rows_t.flat<int32_t>().data();
+    for (int64_t k = 0; k < nnz; ++k) {
+      if (rows[k] < 0 || rows[k] >= in_rows) {
+        return absl::InvalidArgumentError(absl::StrCat("subword_rows[", k, "] = ", rows[k],
+                                                       " is outside input_vectors [0, ", in_rows, ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Cuts the batch into one slice of centres per thread (at least 512 centres a slice:
+  // smaller ones cost more in hand-offs than they save) and trains them side by side.
+  void Run(OpKernelContext* ctx, const Batch& b, uint64_t seed, double* loss, double* count) const {
     auto* pool = ctx->device()->tensorflow_cpu_worker_threads();
-    // Slices of at least 512 centres: smaller ones cost more in hand-offs than they save.
-    const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(pool->num_threads, n / 512));
-    std::vector<double> loss(slices, 0.0), pairs(slices, 0.0);
-    const int negatives = negatives_;
-
+    const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(pool->num_threads, b.n / 512));
+    std::vector<double> losses(slices, 0.0), counts(slices, 0.0);
+    const SliceFn update = Update();
     auto work = [&](int64_t first_slice, int64_t end_slice) {
-      std::vector<float> grad(dim);
-      // The noise words of the next pair are drawn one pair ahead and their rows
-      // prefetched, so the loads overlap the arithmetic of the current pair.
-      std::vector<int64_t> current(negatives), next(negatives);
-      const int64_t lines = (dim * static_cast<int64_t>(sizeof(float)) + 63) / 64;
       for (int64_t s = first_slice; s < end_slice; ++s) {
         uint64_t state = seed ^ (0x632be59bd9b4e019ULL * static_cast<uint64_t>(s + 1));
         Rng rng{SplitMix(&state) | 1};
-        auto draw = [&](std::vector<int64_t>* out) {
-          for (int k = 0; k < negatives; ++k) {
-            const uint64_t u = rng.Next();
-            const int64_t b = static_cast<int64_t>(((u >> 32) * static_cast<uint64_t>(vocab)) >> 32);
-            const float frac = static_cast<float>(u & 0xffffffffULL) * (1.0f / 4294967296.0f);
-            const int64_t t = frac < prob[b] ? b : alias[b];
-            (*out)[k] = t;
-            const char* row = reinterpret_cast<const char*>(w_out + t * dim);
-            for (int64_t line = 0; line < lines; ++line) __builtin_prefetch(row + 64 * line, 1);
-          }
-        };
-        draw(&next);
-        const int64_t lo = n * s / slices, hi = n * (s + 1) / slices;
-        double slice_loss = 0.0, slice_pairs = 0.0;
-        for (int64_t i = lo; i < hi; ++i) {
-          const int64_t row = rows[i];
-          if (row < 0) continue;
-          const int64_t centre = ids[i];
-          const int64_t r = radius[i];
-          const int64_t j_lo = std::max<int64_t>(0, i - r), j_hi = std::min<int64_t>(n - 1, i + r);
-          for (int64_t j = j_lo; j <= j_hi; ++j) {
-            if (j == i || rows[j] != row) continue;
-            current.swap(next);
-            draw(&next);
-            float* l1 = w_in + ids[j] * dim;
-            std::fill(grad.begin(), grad.end(), 0.f);
-            for (int k = 0; k <= negatives; ++k) {
-              const int64_t target = k == 0 ? centre : current[k - 1];
-              if (k > 0 && target == centre) continue;
-              const float label = k == 0 ? 1.f : 0.f;
-              float* c = w_out + target * dim;
-              const float x = std::min(30.f, std::max(-30.f, Dot(l1, c, dim)));
-              const float e = std::exp(-x);
-              const float g = (label - 1.f / (1.f + e)) * lr;
-              // -log sigmoid(x) = log1p(e) for the centre, -log sigmoid(-x) = x + log1p(e)
-              // for a noise word.
-              if (with_loss) slice_loss += std::log1p(e) + (k == 0 ? 0.f : x);
-              // One pass over the row: its old value into the context's gradient, then
-              // the row's own update.
-              float* gr = grad.data();
-#pragma omp simd
-              for (int64_t d = 0; d < dim; ++d) {
-                gr[d] += g * c[d];
-                c[d] += g * l1[d];
-              }
-            }
-            Axpy(l1, 1.f, grad.data(), dim);
-            slice_pairs += 1.0;
-          }
-        }
-        loss[s] = slice_loss;
-        pairs[s] = slice_pairs;
+        update(b, &rng, b.n * s / slices, b.n * (s + 1) / slices, &losses[s], &counts[s]);
       }
     };
     // A cost per slice so large that Shard gives every slice its own thread.
     tensorflow::Shard(pool->num_threads, pool->workers, slices, /*cost_per_unit=*/int64_t{1} << 40, work);
-
-    double loss_sum = 0.0, pairs_sum = 0.0;
     for (int64_t s = 0; s < slices; ++s) {
-      loss_sum += loss[s];
-      pairs_sum += pairs[s];
+      *loss += losses[s];
+      *count += counts[s];
     }
-    Tensor* loss_out = nullptr;
-    Tensor* pairs_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {}, &loss_out));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {}, &pairs_out));
-    loss_out->scalar<float>()() = static_cast<float>(loss_sum);
-    pairs_out->scalar<float>()() = static_cast<float>(pairs_sum);
   }
 
- private:
+  Subwords subwords_;
   int negatives_;
 };
 
+class SkipgramStepOp : public StepOp {
+ public:
+  explicit SkipgramStepOp(OpKernelConstruction* ctx) : StepOp(ctx, Subwords::kNone) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("shared_negatives", &shared_));
+  }
+
+ protected:
+  SliceFn Update() const override { return shared_ ? SkipgramShared : SkipgramPairs; }
+
+ private:
+  bool shared_;
+};
+
+class CbowStepOp : public StepOp {
+ public:
+  explicit CbowStepOp(OpKernelConstruction* ctx) : StepOp(ctx, Subwords::kOptional) {}
+
+ protected:
+  SliceFn Update() const override { return Cbow; }
+};
+
+class SubwordSkipgramStepOp : public StepOp {
+ public:
+  explicit SubwordSkipgramStepOp(OpKernelConstruction* ctx) : StepOp(ctx, Subwords::kRequired) {}
+
+ protected:
+  SliceFn Update() const override { return SubwordSkipgram; }
+};
+
 REGISTER_KERNEL_BUILDER(Name("EmbedflowSkipgramStep").Device(DEVICE_CPU), SkipgramStepOp);
+REGISTER_KERNEL_BUILDER(Name("EmbedflowCbowStep").Device(DEVICE_CPU), CbowStepOp);
+REGISTER_KERNEL_BUILDER(Name("EmbedflowSubwordSkipgramStep").Device(DEVICE_CPU), SubwordSkipgramStepOp);
 
 }  // namespace embedflow
