@@ -88,17 +88,21 @@ compute_loss: scalar; when false the loss output is 0 and the call is cheaper.
 loss: sum of the negative-sampling loss terms, each before its update.
 )doc";
 
-REGISTER_OP("EmbedflowSkipgramStep")
-    .Input("input_vectors: resource")
-    .Input("output_vectors: resource")
-    .Input("ids: int64")
-    .Input("rows: int64")
-    .Input("radius: int32")
-    .Input("noise_prob: float")
-    .Input("noise_alias: int32")
-    .Input("learning_rate: float")
-    .Input("seed: int64")
-    .Input("compute_loss: bool")
+// The inputs every step op takes, in this order (the Python wrappers pass them so).
+#define EMBEDFLOW_STEP_OP(name)              \
+  REGISTER_OP(name)                          \
+      .Input("input_vectors: resource")      \
+      .Input("output_vectors: resource")     \
+      .Input("ids: int64")                   \
+      .Input("rows: int64")                  \
+      .Input("radius: int32")                \
+      .Input("noise_prob: float")            \
+      .Input("noise_alias: int32")           \
+      .Input("learning_rate: float")         \
+      .Input("seed: int64")                  \
+      .Input("compute_loss: bool")
+
+EMBEDFLOW_STEP_OP("EmbedflowSkipgramStep")
     .Attr("negatives: int >= 1")
     .Attr("shared_negatives: bool = true")
     .Output("loss: float")
@@ -113,17 +117,7 @@ the noise words once per centre and update its pairs together (HogBatch), else p
 pairs: number of (centre, context) pairs trained. Both tables are [V, d].
 )doc", kCommonDoc));
 
-REGISTER_OP("EmbedflowCbowStep")
-    .Input("input_vectors: resource")
-    .Input("output_vectors: resource")
-    .Input("ids: int64")
-    .Input("rows: int64")
-    .Input("radius: int32")
-    .Input("noise_prob: float")
-    .Input("noise_alias: int32")
-    .Input("learning_rate: float")
-    .Input("seed: int64")
-    .Input("compute_loss: bool")
+EMBEDFLOW_STEP_OP("EmbedflowCbowStep")
     .Input("subword_offsets: int64")
     .Input("subword_rows: int32")
     .Attr("negatives: int >= 1")
@@ -139,17 +133,7 @@ subword_offsets, subword_rows: the subword table (CSR, [V + 1] and [nnz]), or bo
 centres: number of centres trained (those with at least one context).
 )doc", kCommonDoc));
 
-REGISTER_OP("EmbedflowSubwordSkipgramStep")
-    .Input("input_vectors: resource")
-    .Input("output_vectors: resource")
-    .Input("ids: int64")
-    .Input("rows: int64")
-    .Input("radius: int32")
-    .Input("noise_prob: float")
-    .Input("noise_alias: int32")
-    .Input("learning_rate: float")
-    .Input("seed: int64")
-    .Input("compute_loss: bool")
+EMBEDFLOW_STEP_OP("EmbedflowSubwordSkipgramStep")
     .Input("subword_offsets: int64")
     .Input("subword_rows: int32")
     .Attr("negatives: int >= 1")
