@@ -3,10 +3,12 @@
     embedflow train --corpus DIR --output DIR [--dim 100] [--epochs 5] [--negatives 5]
         [--learning-rate 0.025] [--batch-size N] [--kernel auto|fused|tf]
         [--strategy auto|cpu|mirrored|multiworker|tpu] [--tpu ADDRESS] [--seed N]
-        [--init-from DIR] [...]        (`embedflow train --help` lists every flag)
+        [--sync-every-words N] [--update-tokens N] [--init-from DIR] [...]
+                                       (`embedflow train --help` lists every flag)
     python -m jobs.train ...           (the same)
 
-The model, its draws and its two kernels are described in `trainer/skipgram.py`.
+The model, its draws and its two kernels are described in `trainer/skipgram.py`; what
+replicas exchange, in `trainer/exchange.py`.
 
 Output directory (published only when complete):
     vectors.npy, vocab.txt          rows of W and the vocabulary (word<TAB>count)
@@ -15,7 +17,15 @@ Output directory (published only when complete):
     saved_model/                    raw strings -> token vectors, mask, mean; the corpus
                                     job's transform_fn is inside, so it tokenizes alone
     logs/                           TensorBoard summaries (loss, learning rate, words/s)
-    info.json, COMPLETED
+    info.json, COMPLETED            info.json's "training": steps, words, words/s, the
+                                    loss curve, kernel, strategy, replicas, and what the
+                                    replicas exchanged: bytes_exchanged (payload bytes, all
+                                    replicas) and bytes_exchanged_per_word; with several
+                                    fused workers exchanges, hot_exchanges and
+                                    exchange_seconds; with several replicas in one process
+                                    replica_max_difference (0: identical copies);
+                                    tables_sha256 (a non-chief worker logs its own)
+Several workers (--strategy multiworker): each trains; the chief alone writes the output.
 Checkpoints live in OUTPUT.checkpoints/ (beside the output), with fingerprint.json: the
 corpus (its inputs fingerprint and vocabulary) and the parameters that shape the vectors.
 A run started again with the same corpus and parameters continues from the last
@@ -56,8 +66,10 @@ def run(argv=None):
     vectors, stats, corpus = train(config)
     ckpt_dir = checkpoint_dir(config.output)
     if not stats["chief"]:
-        # Every worker trains the same replicated vectors; the chief alone exports.
-        logging.info("train: worker done; the chief writes %s", config.output)
+        # Every worker ends with the same tables (their hash is in the chief's info.json); the
+        # chief alone exports.
+        logging.info("train: worker done (tables sha256 %s); the chief writes %s", stats["tables_sha256"],
+                     config.output)
         return config.output
     with outputs.StagedOutput(config.output, inputs=[config.corpus, config.init_from]) as out:
         export(vectors, config.corpus, out.path)

@@ -487,11 +487,10 @@ def test_every_image_a_step_or_job_runs_is_one_the_build_pushes(build, stubs):
     text, config = build
     stub_dir, env = stubs
     values = _values(config)
-    image, gpu_image = _expand(values["_IMAGE"], values), _expand(values["_GPU_IMAGE"], values)
+    image = _expand(values["_IMAGE"], values)
+    # The default (CPU) spec: one image, for Dataflow, the build and the Vertex AI job.
     built, pushed = _built_and_pushed(config, env, stub_dir)
-    # The default (GPU) spec: the CPU image for Dataflow and the build, the GPU image for Vertex AI.
-    assert built == {image: ("cpu", DOCKERFILE), gpu_image: ("gpu", DOCKERFILE)}
-    assert sorted(pushed) == sorted(built)
+    assert built == {image: ("cpu", DOCKERFILE)} and pushed == [image]
     for step in config["steps"]:
         name = _expand(step["name"], values)
         assert name in pushed or name.startswith(PUBLIC_STEP_IMAGES), (step["id"], name)
@@ -500,25 +499,27 @@ def test_every_image_a_step_or_job_runs_is_one_the_build_pushes(build, stubs):
     result = _train(config, env, stub_dir, states=["JOB_STATE_SUCCEEDED"])
     assert result.returncode == 0, result.stderr
     with open(stub_dir / "job-spec.yaml", encoding="utf-8") as f:
+        pool = yaml.safe_load(f)["workerPoolSpecs"][0]
+    assert pool["containerSpec"]["imageUri"] == image and pool["machineSpec"] == {"machineType": "n1-highcpu-32"}
+
+
+def test_a_gpu_training_spec_builds_and_runs_the_gpu_image(build, stubs):
+    _, config = build
+    stub_dir, env = stubs
+    values = _values(config)
+    image, gpu_image = _expand(values["_IMAGE"], values), _expand(values["_GPU_IMAGE"], values)
+    spec = {"_TRAIN_SPEC": "cloud/train-gpu.yaml", "_TRAIN_MACHINE": "n1-standard-8"}
+    built, pushed = _built_and_pushed(config, env, stub_dir, **spec)
+    # The CPU image for Dataflow and the build, the GPU image for Vertex AI.
+    assert built == {image: ("cpu", DOCKERFILE), gpu_image: ("gpu", DOCKERFILE)}
+    assert sorted(pushed) == sorted(built)
+    result = _train(config, env, stub_dir, states=["JOB_STATE_SUCCEEDED"], **spec)
+    assert result.returncode == 0, result.stderr
+    with open(stub_dir / "job-spec.yaml", encoding="utf-8") as f:
         job = yaml.safe_load(f)
     assert [p["containerSpec"]["imageUri"] for p in job["workerPoolSpecs"]] == [gpu_image]
     assert job["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "n1-standard-8",
                                                         "acceleratorType": "NVIDIA_TESLA_T4", "acceleratorCount": 1}
-
-
-def test_a_cpu_training_spec_builds_and_runs_no_gpu_image(build, stubs):
-    _, config = build
-    stub_dir, env = stubs
-    values = _values(config)
-    image = _expand(values["_IMAGE"], values)
-    built, pushed = _built_and_pushed(config, env, stub_dir, _TRAIN_SPEC="cloud/train-cpu.yaml")
-    assert built == {image: ("cpu", DOCKERFILE)} and pushed == [image]
-    result = _train(config, env, stub_dir, states=["JOB_STATE_SUCCEEDED"], _TRAIN_SPEC="cloud/train-cpu.yaml",
-                    _TRAIN_MACHINE="n1-highcpu-32")
-    assert result.returncode == 0, result.stderr
-    with open(stub_dir / "job-spec.yaml", encoding="utf-8") as f:
-        pool = yaml.safe_load(f)["workerPoolSpecs"][0]
-    assert pool["containerSpec"]["imageUri"] == image and pool["machineSpec"] == {"machineType": "n1-highcpu-32"}
 
 
 def test_the_waiting_tpu_spec_is_refused_before_any_job_is_created(build, stubs):

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from core import outputs
@@ -73,13 +74,16 @@ def test_sigterm_checkpoints_and_exits_143_then_the_same_command_resumes(tmp_pat
     assert _topic_precision(WordVectors.load(out)) >= 0.9
 
 
-def test_sigterm_stops_two_workers_together_and_they_resume(tmp_path, topic_corpus):  # noqa: F811
+@pytest.mark.parametrize("kernel", ["fused", "tf"])
+def test_sigterm_stops_two_workers_together_and_they_resume(tmp_path, topic_corpus, kernel):  # noqa: F811
+    """Fused: each worker's own tables, exchanged every round; tf: replicas that exchange
+    every update. Either way they stop at the same step, and resume."""
     out = str(tmp_path / "emb")
-    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
-    argv = _argv(topic_corpus, out, "--strategy", "multiworker")
+    argv = _argv(topic_corpus, out, "--strategy", "multiworker", "--kernel", kernel)
 
     def start(tag):
         procs, logs = [], []
+        workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]  # not the last run's
         for index in range(2):
             env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=json.dumps(
                 {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
@@ -113,5 +117,8 @@ def test_sigterm_stops_two_workers_together_and_they_resume(tmp_path, topic_corp
     texts = [open(p, encoding="utf-8").read() for p in logs]
     assert codes == [0, 0], texts[0][-2000:] + texts[1][-2000:]
     assert f"ckpt-{stopped_at}" in texts[0]
-    assert outputs.read_info(out)["training"]["words"] < 60 * 18000  # only what was left
+    training = outputs.read_info(out)["training"]
+    assert training["kernel"] == kernel
+    assert training["words"] < 60 * 18000  # only what was left
+    assert f"tables sha256 {training['tables_sha256']}" in texts[1]  # the workers end equal
     assert _topic_precision(WordVectors.load(out)) >= 0.9

@@ -62,6 +62,6 @@ def test_to_argv_gives_a_command_line_that_parses_back_to_the_same_config(tmp_pa
 def test_an_explicit_batch_size_window_and_sample_win_over_the_defaults(tmp_path):
     corpus = skipgram.Corpus("c", ["a"], None, [], window=5, sample=1e-3, info={})
     assert _parse(tmp_path).effective(corpus, "fused") == {"window": 5, "sample": 1e-3, "batch_size": 16384}
-    assert _parse(tmp_path).effective(corpus, "tf")["batch_size"] == 1024
+    assert _parse(tmp_path).effective(corpus, "tf")["batch_size"] == 65536
     chosen = _parse(tmp_path, "--batch-size", "8", "--window", "2", "--sample", "0")
     assert chosen.effective(corpus, "tf") == {"window": 2, "sample": 0.0, "batch_size": 8}

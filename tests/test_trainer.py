@@ -305,14 +305,19 @@ train_job.run(sys.argv[1:])
 
 
 def test_mirrored_strategy_over_two_replicas(tmp_path, topic_corpus):
-    """MirroredStrategy on two logical CPU devices: replicas sum their updates."""
+    """MirroredStrategy on two logical CPU devices: the tf kernel; every replica applies
+    every replica's updates, exchanged as their factors, so the copies stay identical."""
     out = str(tmp_path / "emb")
     subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT, "--corpus", topic_corpus, "--output", out,
                     "--strategy", "mirrored", "--dim", "32", "--epochs", "3", "--batch-size", "512"],
                    cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), check=True, capture_output=True)
-    info = outputs.read_info(out)
-    assert info["training"]["replicas"] == 2
-    assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    training = outputs.read_info(out)["training"]
+    assert (training["replicas"], training["kernel"]) == (2, "tf")
+    assert training["replica_max_difference"] == 0.0
+    assert training["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    # Per step, each replica's 256 centres as factors; far below two dense tables a replica.
+    assert training["bytes_exchanged"] / training["steps"] == 2 * (256 * 75 * 4 + 12)
+    assert training["bytes_exchanged_per_word"] == pytest.approx(training["bytes_exchanged"] / training["words"])
     assert _topic_precision(WordVectors.load(out)) >= 0.9
 
 
@@ -323,29 +328,49 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
-    """MultiWorkerMirroredStrategy: two processes on localhost, configured by TF_CONFIG."""
+def run_two_workers(*flags, timeout=300, script=None):
+    """`python -m jobs.train FLAGS --strategy multiworker` (or `python -c SCRIPT FLAGS`) as
+    two workers on localhost.
+
+    Returns:
+      (their exit codes, their stderr, their stdout), worker 0 (the chief) first.
+    """
     import json  # pylint: disable=import-outside-toplevel
-    out = str(tmp_path / "emb")
     workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
-    argv = [sys.executable, "-m", "jobs.train", "--corpus", topic_corpus, "--output", out,
-            "--strategy", "multiworker", "--dim", "32", "--epochs", "3", "--batch-size", "512"]
+    argv = ([sys.executable, "-c", script, *flags] if script is not None
+            else [sys.executable, "-m", "jobs.train", *flags, "--strategy", "multiworker"])
     procs = []
     for index in range(2):
         env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=json.dumps(
             {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+        procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     try:
-        logs = [p.communicate(timeout=300)[1] for p in procs]
+        outs = [p.communicate(timeout=timeout) for p in procs]
     finally:
         for p in procs:
             p.kill()
-    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    return [p.returncode for p in procs], [err for _, err in outs], [out for out, _ in outs]
+
+
+def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
+    """MultiWorkerMirroredStrategy: two processes on localhost, configured by TF_CONFIG, each
+    training its own tables with the fused kernel and exchanging them (trainer/exchange.py)."""
+    out = str(tmp_path / "emb")
+    codes, logs, _ = run_two_workers("--corpus", topic_corpus, "--output", out, "--dim", "32", "--epochs", "3",
+                                     "--batch-size", "512")
+    assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "the chief writes" in logs[1]
-    info = outputs.read_info(out)
-    assert info["training"]["replicas"] == 2
-    # Each worker read half the shards; the all-reduced count is one pass over the corpus.
-    assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    training = outputs.read_info(out)["training"]
+    # The fused kernel in each worker, the tables exchanged every round.
+    assert (training["replicas"], training["kernel"]) == (2, "fused")
+    assert training["exchanges"] >= 3 and training["hot_exchanges"] == 15 * training["exchanges"]
+    tables = 27 * 32 * 2  # float16 changes of both tables, each worker
+    assert training["bytes_exchanged"] == 2 * (training["exchanges"] * (2 * tables + 6 * 8)
+                                               + training["hot_exchanges"] * 2 * tables)
+    # Both workers end with the same tables.
+    assert f"tables sha256 {training['tables_sha256']}" in logs[1]
+    # Each worker read half the shards; the exchanged count is one pass over the corpus.
+    assert training["words"] == pytest.approx(3 * 18000, rel=1e-3)
     assert _topic_precision(WordVectors.load(out)) >= 0.9
     assert not os.path.exists(out + ".checkpoints")

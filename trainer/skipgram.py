@@ -19,16 +19,28 @@ vectors C (zeros). Each step takes a batch of --batch-size consecutive kept toke
 reaches in the same run. The learning rate decays linearly with the corpus words
 processed, from --learning-rate to 1e-4 of it, as word2vec does. Two kernels (--kernel):
 
-  * fused (default on a CPU with one replica; trainer/kernels): a C++ op that trains
-    pair by pair in place, word2vec's own update: the context's input vector against
-    the centre's output vector and --negatives noise words drawn for that pair, the
-    batch split over TensorFlow's intra-op threads without locks (Hogwild).
-  * tf (GPUs, TPUs, several replicas): TensorFlow ops only. Contexts come from shifting
-    the batch (no extra lookup); a centre's --noise-per-centre noise words stand for the
-    K noise words of each of its pairs (their terms weighted by its number of contexts:
-    the expected gradient of word2vec's per-pair sampling). Gradients are computed in
-    closed form and applied as sparse scatter updates, summed over the batch; with
-    several replicas the dense sums are all-reduced so every replica applies all of them.
+  * fused (default on the CPU with one replica per process; trainer/kernels): a C++ op
+    that trains in place, word2vec's update: the context's input vector against the
+    centre's output vector and --negatives noise words (drawn once per centre and
+    shared by its contexts), the batch split over TensorFlow's intra-op threads without
+    locks (Hogwild). With several workers (MultiWorkerMirroredStrategy) each trains its own
+    tables on its share of the shards and the workers add up their changes every
+    --sync-every-words words (`SyncedEpochLoop`, trainer/exchange.py).
+  * tf (GPUs, TPUs, several replicas in a process): TensorFlow ops compiled with XLA.
+    Contexts come from shifting the batch (no extra lookup); a centre's
+    --noise-per-centre noise words stand for the K noise words of each of its pairs
+    (their terms weighted by its number of contexts: the expected gradient of
+    word2vec's per-pair sampling). A step's batch (padded to static shapes) is applied
+    as sequential updates of --update-tokens centres over all replicas: the gradients
+    of an update, in closed form, are summed per row and applied as sparse scatters,
+    each row moved by min(lr, --newton-cap / H) times its sum, H the curvature of its
+    terms (`apply_factors`). That cap is what keeps large updates stable (a plain sum
+    diverges on Wikipedia from 4,096 tokens on); smaller updates learn more per word
+    (one epoch on 5M words of Wikipedia: analogy 3.7% with 1,024-token updates, 3.3%
+    with 4,096, 2.0% with 16,384, 1.1% with 65,536; fused kernel 3.8%), so steps are
+    large (what an accelerator and the input pipeline want) and updates small. With
+    several replicas every replica applies every replica's part of each update, whose
+    factors they all-gather (trainer/exchange.py), never a dense table.
 
 Safety, each a ValueError that says what to do: the window shards are checked against
 the sizes the corpus job recorded before any work, and a damaged record met while
@@ -39,6 +51,7 @@ export) stop a diverging run.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -58,10 +71,14 @@ from core import main, outputs, tokens
 from core.params import Params, param
 from schemas import corpus as corpus_schema
 from schemas import embeddings as schema
+from trainer import exchange
 
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
 KERNELS = ("auto", "fused", "tf")
-DEFAULT_BATCH = {"fused": 16384, "tf": 1024}  # centre tokens per step, by kernel
+DEFAULT_BATCH = {"fused": 16384, "tf": 65536}  # centre tokens per step, by kernel
+DEFAULT_UPDATE_TOKENS = 1024  # tf kernel: tokens of one sequential update, over all replicas
+DEFAULT_NEWTON_CAP = 1.0  # tf kernel: see TrainConfig.newton_cap and apply_factors
+DEFAULT_SYNC_EVERY_WORDS = 1_600_000  # fused kernel, several workers: see trainer/exchange.py
 _MIN_LR_RATIO = 1e-4
 _LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many (at most)
 _CURVE_POINTS = 40  # the loss curve gets a point every 1/40 of the training, at least
@@ -82,20 +99,33 @@ class TrainConfig(Params):
         None, ge=1, help="noise words drawn per centre token with the tf kernel, shared by its "
                          "pairs; unset: 3 x --negatives")
     learning_rate: float = param(0.025, gt=0, help="starting learning rate, decayed linearly")
-    # Over all replicas. The tf kernel sums a batch's updates, and larger batches sum so many
-    # updates of frequent words that training diverges (4096 does on Wikipedia); the fused
-    # kernel applies every pair's update at once, so its batch size only sets the overhead.
+    # Over all replicas. The batch only sets the overhead of a step (and what the input
+    # pipeline and an accelerator take at once): the fused kernel applies every pair's update
+    # at once, the tf kernel applies its batch as updates of --update-tokens.
     batch_size: int | None = param(
         None, ge=1, help=f"centre tokens per step; unset: {DEFAULT_BATCH['fused']} with the fused "
                          f"kernel, {DEFAULT_BATCH['tf']} with the tf kernel")
     kernel: str = param("auto", choices=KERNELS,
                         help="fused: a C++ op that trains pair by pair in place, on the CPU with one "
-                             "replica (built on first use); tf: TensorFlow ops, on any device and "
-                             "strategy; auto: fused where it applies and builds, else tf")
+                             "replica per process (built on first use); tf: TensorFlow ops compiled "
+                             "with XLA, on any device and strategy; auto: fused where it applies and "
+                             "builds, else tf")
     window: int | None = param(None, ge=1, help="skip-gram window radius; unset: the corpus job's")
     sample: float | None = param(None, ge=0, lt=1,
                                  help="frequent-word subsampling threshold; unset: the corpus job's")
+    update_tokens: int = param(
+        DEFAULT_UPDATE_TOKENS, ge=1,
+        help="tf kernel: centre tokens, over all replicas, of one update; a step applies its batch "
+             "as batch / this updates one after another (fewer, larger updates learn less a word)")
+    newton_cap: float = param(
+        DEFAULT_NEWTON_CAP, gt=0,
+        help="tf kernel: a row moves at most this many times the Newton step of its share of a "
+             "step's loss, so that large batches stay stable")
     strategy: str = param("auto", choices=STRATEGIES, help="tf.distribute strategy")
+    sync_every_words: int = param(
+        DEFAULT_SYNC_EVERY_WORDS, ge=1,
+        help="fused kernel on several workers: corpus words each worker trains between two "
+             "exchanges of the tables")
     tpu: str | None = param(None, help="TPU address (grpc://... or a TPU name)")
     seed: int = param(1, help="seed of the initial vectors and of every draw")
     checkpoint_every_steps: int = param(2000, ge=1, help="steps between checkpoints")
@@ -339,25 +369,35 @@ def choose_strategy(name, tpu=None):
     return tf.distribute.get_strategy()
 
 
+def local_devices(strategy):
+    """The devices of this process's replicas."""
+    try:
+        return list(strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy: ops go to the first GPU, if any, else the CPU
+        return [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
+
+
 def resolve_kernel(name, strategy):
     """'fused' or 'tf' for --kernel `name` under `strategy`.
 
     The fused kernel (trainer/kernels) updates the vectors in place on the CPU, so it
-    serves one replica on the CPU; GPUs, TPUs and several replicas take the TF step.
-    'auto' falls back to the TF step, with a warning, where the kernel cannot be built.
+    serves one replica per process, on the CPU: one process, or several workers of
+    MultiWorkerMirroredStrategy that each train their own copy and exchange it every
+    --sync-every-words (trainer/exchange.py). GPUs, TPUs and several replicas in one
+    process take the TF step. 'auto' falls back to the TF step, with a warning, where
+    the kernel cannot be built.
     """
-    try:
-        devices = list(strategy.extended.worker_devices)
-    except RuntimeError:  # the default strategy: ops go to the first GPU, if any, else the CPU
-        devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
-    on_one_cpu = strategy.num_replicas_in_sync == 1 and all(
-        (tf.DeviceSpec.from_string(d).device_type or "CPU") == "CPU" for d in devices)
+    devices = local_devices(strategy)
+    one_cpu_replica = len(devices) == 1 and (tf.DeviceSpec.from_string(devices[0]).device_type or "CPU") == "CPU"
+    fits = one_cpu_replica and (strategy.num_replicas_in_sync == 1
+                                or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
     if name == "tf":
         return "tf"
-    if not on_one_cpu:
+    if not fits:
         if name == "fused":
-            raise ValueError(f"--kernel fused runs on the CPU with one replica, but the strategy is "
-                             f"{type(strategy).__name__} on {', '.join(devices)}: use --kernel tf or auto")
+            raise ValueError(f"--kernel fused runs on the CPU with one replica per worker process, but the "
+                             f"strategy is {type(strategy).__name__} on {', '.join(devices)}: use --kernel "
+                             f"tf or auto")
         return "tf"
     from trainer import kernels  # pylint: disable=import-outside-toplevel
 
@@ -373,7 +413,7 @@ def resolve_kernel(name, strategy):
 
 
 class SkipGram(tf.Module):
-    """Input and output vectors and the sparse negative-sampling update."""
+    """Input and output vectors (the tf kernel's update: `sgns_factors`, `apply_factors`)."""
 
     def __init__(self, vocab_size, dim, seed):
         super().__init__()
@@ -383,46 +423,111 @@ class SkipGram(tf.Module):
         self.outputs = tf.Variable(tf.zeros([vocab_size, dim]), name="output_vectors",
                                    aggregation=aggregation)
 
-    def gradients(self, batch, window, negatives):
-        """Closed-form SGNS gradients for a batch of centre tokens.
 
-        Contexts are the batch itself shifted by each offset, so their output vectors
-        come from one lookup. A centre's K noise words stand for the K noise words of
-        each of its pairs: their terms are weighted by the centre's number of contexts,
-        which keeps the expected gradient of word2vec's per-pair sampling.
+def _rows(handle, ids):
+    """Rows of the table behind a resource handle (a replica's own copy of a mirrored table)."""
+    return tf.raw_ops.ResourceGather(resource=handle, indices=ids, dtype=tf.float32)
 
-        Returns:
-          (loss summed over pairs, number of pairs, IndexedSlices for inputs,
-          IndexedSlices for outputs).
-        """
-        ids, negs = batch["ids"], batch["negatives"]
-        v = tf.gather(self.inputs, ids)  # [N, d] centre vectors
-        c = tf.gather(self.outputs, ids)  # [N, d] the same tokens as contexts
-        u = tf.gather(self.outputs, negs)  # [N, K, d] noise vectors
-        grad_v, grad_c = tf.zeros_like(v), tf.zeros_like(c)
-        n_ctx = tf.zeros_like(v[:, 0])
-        loss = tf.constant(0.0)
-        for o, mask in zip(offsets(window), context_masks(batch["rows"], batch["radius"], window)):
-            m = tf.cast(mask, tf.float32)
-            context = shift(c, o)
-            logit = tf.reduce_sum(v * context, axis=1)
-            g = (tf.sigmoid(logit) - 1.0) * m  # d loss / d logit of the positive pair
-            loss += tf.reduce_sum(tf.nn.softplus(-logit) * m)
-            grad_v += g[:, None] * context
-            grad_c += shift(g[:, None] * v, -o)
-            n_ctx += m
-        noise_logit = tf.einsum("nd,nkd->nk", v, u)
-        # Each of the M drawn noise words stands for negatives / M of every pair's draws.
-        weight = n_ctx[:, None] * (negatives / tf.cast(tf.shape(negs)[1], tf.float32))
-        g_noise = tf.sigmoid(noise_logit) * weight
-        loss += tf.reduce_sum(tf.nn.softplus(noise_logit) * weight)
-        grad_v += tf.einsum("nk,nkd->nd", g_noise, u)
-        grad_u = g_noise[:, :, None] * v[:, None, :]
-        dim = tf.shape(v)[1]
-        return (loss, tf.reduce_sum(n_ctx),
-                tf.IndexedSlices(grad_v, ids),
-                tf.IndexedSlices(tf.concat([grad_c, tf.reshape(grad_u, [-1, dim])], 0),
-                                 tf.concat([ids, tf.reshape(negs, [-1])], 0)))
+
+def sgns_factors(inputs, outputs, batch, window, negatives):
+    """Closed-form SGNS gradients of a batch of centre tokens, as the factors of its update.
+
+    Contexts are the batch itself shifted by each offset, so their output vectors come
+    from one lookup. A centre's M noise words stand for the K = `negatives` noise words
+    of each of its pairs: their terms are weighted by the centre's number of contexts
+    times K / M, which keeps the expected gradient of word2vec's per-pair sampling.
+
+    The output-row gradients are outer products (a coefficient times a centre's input
+    row), so only their coefficients are returned: `apply_factors` rebuilds them, and
+    their curvature. That keeps what replicas exchange small (trainer/exchange.py).
+
+    Args:
+      inputs, outputs: resource handles of the input and output tables.
+      batch: padded to a fixed size (`pad_batch`): ids, rows, radius, negatives.
+
+    Returns:
+      (loss summed over pairs, number of pairs, factors: ids, negatives, contexts (each
+      centre's number of contexts), grad_in [B, d], curvature [B] (of each centre's
+      loss along its input row), context [B, 2W] (the coefficient of each offset's
+      pair), noise [B, M] (the coefficient of each noise word)).
+    """
+    ids, negs = batch["ids"], batch["negatives"]
+    v = _rows(inputs, ids)  # [B, d] centre vectors
+    c = _rows(outputs, ids)  # [B, d] the same tokens as contexts
+    u = _rows(outputs, negs)  # [B, M, d] noise vectors
+    c_norms = tf.reduce_sum(c * c, axis=1)
+    grad_v, curvature, n_ctx, loss, coefficients = (tf.zeros_like(v), tf.zeros_like(c_norms),
+                                                    tf.zeros_like(c_norms), tf.constant(0.0), [])
+    for o, mask in zip(offsets(window), context_masks(batch["rows"], batch["radius"], window)):
+        m = tf.cast(mask, tf.float32)
+        context = shift(c, o)
+        logit = tf.reduce_sum(v * context, axis=1)
+        g = (tf.sigmoid(logit) - 1.0) * m  # d loss / d logit of the positive pair
+        loss += tf.reduce_sum(tf.nn.softplus(-logit) * m)
+        grad_v += g[:, None] * context
+        curvature += -g * (1.0 + g) * shift(c_norms, o)  # sigmoid' = -g (1 + g)
+        coefficients.append(g)
+        n_ctx += m
+    noise_logit = tf.einsum("nd,nkd->nk", v, u)
+    weight = n_ctx[:, None] * (negatives / tf.cast(tf.shape(negs)[1], tf.float32))
+    g_noise = tf.sigmoid(noise_logit) * weight
+    loss += tf.reduce_sum(tf.nn.softplus(noise_logit) * weight)
+    grad_v += tf.einsum("nk,nkd->nd", g_noise, u)
+    curvature += tf.reduce_sum(g_noise * (1.0 - tf.sigmoid(noise_logit)) * tf.reduce_sum(u * u, axis=2), axis=1)
+    factors = {"ids": tf.cast(ids, tf.int32), "negatives": tf.cast(negs, tf.int32), "contexts": n_ctx,
+               "grad_in": grad_v, "curvature": curvature, "context": tf.stack(coefficients, axis=1),
+               "noise": g_noise}
+    return loss, tf.reduce_sum(n_ctx), factors
+
+
+def newton_scale(ids, curvature, lr, vocab_size, cap):
+    """min(1, cap / (lr H)) for each entry, H the summed curvature of its row's entries."""
+    total = tf.math.unsorted_segment_sum(curvature, ids, vocab_size)
+    return tf.minimum(1.0, cap / tf.maximum(lr * tf.gather(total, ids), 1e-12))
+
+
+def apply_factors(inputs, outputs, factors, lr, window, cap, vocab_size, negatives):
+    """Applies an update given as factors (one replica's, or all replicas' concatenated).
+
+    A row moves by the sum of its gradients times lr, as in SGD, but never further than
+    `cap` times the Newton step of its own part of the batch's loss (the gradient sum
+    divided by its curvature H, sigmoid' times the squared norm of the other row, summed
+    over the row's terms): by min(lr, cap / H) times the sum. Summing thousands of
+    updates of a frequent word computed from the same stale rows overshoots (4,096-token
+    updates diverged on Wikipedia without the cap); the cap binds only for such rows, so
+    rare and mid-frequency words, and every row early on, get word2vec's full update.
+
+    Reads the centres' input rows before writing anything: they are the rows the
+    factors were computed from (every replica's copy is equal at the start of a step).
+    """
+    ids, negs = factors["ids"], factors["negatives"]
+    v = _rows(inputs, ids)
+    v_norms = tf.reduce_sum(v * v, axis=1)
+    grad_c, h_c = tf.zeros_like(v), tf.zeros_like(v_norms)
+    for k, o in enumerate(offsets(window)):
+        g = factors["context"][:, k]
+        grad_c += shift(g[:, None] * v, -o)
+        h_c += shift(-g * (1.0 + g) * v_norms, -o)
+    weight = factors["contexts"][:, None] * (negatives / tf.cast(tf.shape(negs)[1], tf.float32))
+    sigma = tf.math.divide_no_nan(factors["noise"], weight)  # the noise words' sigmoids
+    h_u = factors["noise"] * (1.0 - sigma) * v_norms[:, None]
+    grad_u = factors["noise"][:, :, None] * v[:, None, :]
+    out_ids = tf.concat([ids, tf.reshape(negs, [-1])], 0)
+    out_rows = tf.concat([grad_c, tf.reshape(grad_u, [-1, v.shape[1]])], 0)
+    in_step = lr * newton_scale(ids, factors["curvature"], lr, vocab_size, cap)
+    out_step = lr * newton_scale(out_ids, tf.concat([h_c, tf.reshape(h_u, [-1])], 0), lr, vocab_size, cap)
+    tf.raw_ops.ResourceScatterSub(resource=inputs, indices=ids, updates=in_step[:, None] * factors["grad_in"])
+    tf.raw_ops.ResourceScatterSub(resource=outputs, indices=out_ids, updates=out_step[:, None] * out_rows)
+
+
+def pad_batch(batch, size, noise):
+    """The batch padded to `size` centres that pair with nothing (row -1), with static shapes."""
+    pad = size - tf.shape(batch["ids"])[0]
+    padded = {"ids": tf.pad(batch["ids"], [[0, pad]]), "rows": tf.pad(batch["rows"], [[0, pad]], constant_values=-1),
+              "radius": tf.pad(batch["radius"], [[0, pad]]), "negatives": tf.pad(batch["negatives"], [[0, pad], [0, 0]])}
+    padded = {k: tf.ensure_shape(x, [size] + ([noise] if k == "negatives" else [])) for k, x in padded.items()}
+    padded["words"] = batch["words"]
+    return padded
 
 
 def warm_start(model, vocab, directory):
@@ -481,6 +586,9 @@ def run_fingerprint(config, corpus, kernel):
 
     Kernel, strategy and device may change between a run and its resumption; the batch
     size may not, as a resumed epoch skips the batches it trained, counted in batches.
+    --update-tokens, --newton-cap and --sync-every-words may change too: they set how
+    the rest is trained, and checkpoints of several fused workers are taken right after
+    an exchange, when every worker holds the same tables.
     """
     vocab = "".join(f"{w}\t{c}\n" for w, c in zip(corpus.vocab, corpus.counts.tolist()))
     return {
@@ -569,6 +677,13 @@ class TrainState:
         self.step.assign_add(1)
         self.batches_in_epoch.assign_add(1)
 
+    def tables_sha256(self):
+        """A hash of this process's copy of both tables."""
+        digest = hashlib.sha256()
+        for table in (self.model.inputs, self.model.outputs):
+            digest.update(table.numpy().tobytes())
+        return digest.hexdigest()
+
     def finite(self):
         """Whether every input and output vector is finite (one pass over both tables)."""
         return all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in (self.model.inputs, self.model.outputs))
@@ -580,17 +695,22 @@ def diverged_error(config, ckpt_dir, what):
     return ValueError(
         f"training diverged: {what}. The learning rate is the likely cause: --learning-rate {rate:g} "
         f"is too high for this corpus. Train again with a lower one, such as --learning-rate "
-        f"{rate / 10:g} (with the tf kernel a smaller --batch-size helps too), after deleting "
-        f"{ckpt_dir}: its checkpoints hold the diverging run. Nothing was published.")
+        f"{rate / 10:g} (with the tf kernel, the default --newton-cap and a smaller --update-tokens "
+        f"help too), after deleting {ckpt_dir}: its checkpoints hold the diverging run. Nothing was "
+        f"published.")
 
 
-def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY):
-    """The step of the fused kernel: every pair updates the vectors in place (one replica)."""
+def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, sync=None, worker=0):
+    """The step of the fused kernel: every pair updates the vectors in place.
+
+    One replica, or one of several workers each training its own tables (`sync`, a
+    exchange.TableSync, counts its words; `worker` keeps its noise draws its own).
+    """
     from trainer import kernels  # pylint: disable=import-outside-toplevel
 
     model = state.model
     noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
-    seed_base = tf.constant(np.int64(config.seed) << 32, tf.int64)
+    seed_base = tf.constant((np.int64(config.seed) << 32) + (np.int64(worker) << 48), tf.int64)
 
     def fused_step(batch):
         lr = state.learning_rate(config.learning_rate, total_words)
@@ -599,7 +719,7 @@ def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY):
         loss, pairs = kernels.skipgram_step(
             model.inputs, model.outputs, batch["ids"], batch["rows"], batch["radius"], noise_prob,
             noise_alias, lr, seed_base + state.step, with_loss, config.negatives)
-        state.advance(batch["words"])
+        state.advance(batch["words"] if sync is None else sync.count(batch["words"]))
         return loss, lr, pairs, tf.where(with_loss, pairs, 0.0)
 
     return fused_step
@@ -617,51 +737,124 @@ def step_device(strategy):
     return None
 
 
-def apply_summed(model, ctx, lr, grad_in, grad_out, scalars):
-    """Applies the sum of every replica's gradients on every replica.
-
-    All-reduce of IndexedSlices fails in TF 2.21's collective ops ("destinations can not
-    be empty"), so replicas sum dense gradients: vocab x dim floats a step. An all-gather
-    of the sparse rows would move less over a network.
-
-    Returns:
-      `scalars`, each summed over the replicas.
-    """
-    vocab_size = tf.shape(model.inputs)[0]
-    dense_in = tf.math.unsorted_segment_sum(grad_in.values, grad_in.indices, vocab_size)
-    dense_out = tf.math.unsorted_segment_sum(grad_out.values, grad_out.indices, vocab_size)
-    dense_in, dense_out, *scalars = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                                   [dense_in, dense_out, *scalars])
-    model.inputs.assign_sub(lr * dense_in)
-    model.outputs.assign_sub(lr * dense_out)
-    return scalars
+def tf_step_shape(batch_size, update_tokens, replicas):
+    """(centres a replica's step takes, centres of each of its sequential updates, updates a
+    step) of the tf kernel: the batch over all replicas split among them, each replica's
+    share cut into updates of `update_tokens` over all replicas, padded to whole updates."""
+    per_replica = max(1, batch_size // replicas)
+    chunk = max(1, min(per_replica, update_tokens // replicas))
+    chunks = -(-per_replica // chunk)
+    return chunks * chunk, chunk, chunks
 
 
-def make_tf_step(state, config, total_words, window, device):
-    """The replica step of the tf kernel: closed-form gradients, sparse updates."""
-    model, negatives = state.model, float(config.negatives)
+def batch_slice(batch, start, size):
+    """Centres start..start + size of a padded batch (a dynamic slice of static size)."""
+    return {k: tf.slice(batch[k], [start] + [0] * (len(batch[k].shape) - 1), [size] + batch[k].shape[1:])
+            for k in ("ids", "rows", "radius", "negatives")}
+
+
+def _update_args(state, config, window):
+    return {"window": window, "cap": float(config.newton_cap), "negatives": float(config.negatives),
+            "vocab_size": int(state.model.inputs.shape[0])}
+
+
+def compiled_updates(state, config, window, chunk, jit=True):
+    """The tf kernel's updates of one replica's padded batch, compiled with XLA (`jit`):
+    `updates(inputs, outputs, batch, lr)` applies the batch as sequential updates of
+    `chunk` centres, each capped and sparse, skips those holding only padding, and
+    returns (loss, pairs)."""
+    args = _update_args(state, config, window)
+
+    @tf.function(jit_compile=jit)
+    def updates(inputs, outputs, batch, lr):
+        real = tf.shape(batch["rows"])[0] - tf.reduce_sum(tf.cast(batch["rows"] < 0, tf.int32))
+
+        def update(i, loss, pairs):
+            part_loss, part_pairs, factors = sgns_factors(inputs, outputs, batch_slice(batch, i * chunk, chunk),
+                                                          window, args["negatives"])
+            apply_factors(inputs, outputs, factors, lr, **args)
+            return i + 1, loss + part_loss, pairs + part_pairs
+
+        _, loss, pairs = tf.while_loop(lambda i, *_: i * chunk < real, update,
+                                       (tf.constant(0), tf.constant(0.0), tf.constant(0.0)))
+        return loss, pairs
+
+    return updates
+
+
+def make_tf_step(state, config, total_words, window, shape, jit=True):
+    """The step of the tf kernel with one replica: a batch of `shape` (tf_step_shape)
+    padded to whole updates, so every step has the same shapes, and applied in one
+    program compiled with XLA (`compiled_updates`)."""
+    model, (size, chunk, _) = state.model, shape
+    updates = compiled_updates(state, config, window, chunk, jit)
 
     def tf_step(batch):
         lr = state.learning_rate(config.learning_rate, total_words)
-        loss, pairs, grad_in, grad_out = model.gradients(batch, window, negatives)
-        ctx = tf.distribute.get_replica_context()
-        words = tf.identity(batch["words"])  # placed on the step device (see step_device)
-        if ctx.num_replicas_in_sync > 1:
-            words, loss, pairs = apply_summed(model, ctx, lr, grad_in, grad_out, [words, loss, pairs])
-        else:
-            model.inputs.scatter_sub(tf.IndexedSlices(lr * grad_in.values, grad_in.indices))
-            model.outputs.scatter_sub(tf.IndexedSlices(lr * grad_out.values, grad_out.indices))
-        state.advance(words)
+        padded = pad_batch(batch, size, noise_count(config))
+        loss, pairs = updates(model.inputs.handle, model.outputs.handle, padded, lr)
+        state.advance(batch["words"])
         return loss, lr, pairs, pairs
 
-    if device is None:
-        return tf_step
+    return tf_step
 
-    def pinned_step(batch):
-        with tf.device(device):
-            return tf_step(batch)
 
-    return pinned_step
+def make_exchanged_steps(strategy, state, config, total_words, window, shape, jit=True):
+    """make_train_steps for the tf kernel on several replicas.
+
+    Every update of a step is its own `strategy.run` (TF's replica functions cannot hold
+    a collective inside a loop): each replica computes the factors of its part of the
+    update, all replicas all-gather them and each applies all of them to its own copy of
+    the tables (trainer/exchange.py), so the copies stay equal. The gradients and the
+    apply are compiled with XLA (`jit`), the collective between them is not.
+    """
+    model, (size, chunk, chunks), device = state.model, shape, step_device(strategy)
+    args, payload = _update_args(state, config, window), {}  # bytes a replica sends, found when traced
+    factors_of = tf.function(functools.partial(sgns_factors, window=window, negatives=args["negatives"]),
+                             jit_compile=jit)
+    apply = tf.function(functools.partial(apply_factors, **args), jit_compile=jit)
+
+    def pinned():  # see step_device; tf.device(None) would drop the replica's own device
+        return tf.device(device) if device is not None else contextlib.nullcontext()
+
+    def replica_update(batch, i, lr):
+        with pinned():
+            tables = (model.inputs.handle, model.outputs.handle)  # this replica's own copies
+            loss, pairs, factors = factors_of(*tables, batch_slice(batch, i * chunk, chunk))
+            factors, (loss, pairs), payload["update"] = exchange.gather_factors(
+                tf.distribute.get_replica_context(), factors, [loss, pairs])
+            apply(*tables, factors, lr)
+            return loss, pairs
+
+    def replica_words(batch):
+        with pinned():
+            words = tf.identity(batch["words"])
+            payload["words"] = exchange.payload_bytes([words])
+            return words
+
+    def first(value):  # a value every replica holds alike
+        return strategy.experimental_local_results(value)[0]
+
+    @tf.function
+    def train_steps(iterator, n):
+        loss_sum, pairs_sum, lr, done = tf.constant(0.0), tf.constant(0.0), tf.constant(0.0), tf.constant(0)
+        for _ in tf.range(n):
+            batch = iterator.get_next_as_optional()
+            if not batch.has_value():
+                break
+            lr = state.learning_rate(config.learning_rate, total_words)
+            padded = strategy.run(functools.partial(pad_batch, size=size, noise=noise_count(config)),
+                                  args=(batch.get_value(),))
+            for i in tf.range(chunks):
+                loss, pairs = strategy.run(replica_update, args=(padded, i, lr))
+                loss_sum, pairs_sum = loss_sum + first(loss), pairs_sum + first(pairs)
+            state.advance(strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                          strategy.run(replica_words, args=(batch.get_value(),)), axis=None))
+            done += 1
+        return loss_sum, pairs_sum, pairs_sum, lr, done
+
+    train_steps.step_bytes = lambda: strategy.num_replicas_in_sync * (chunks * payload["update"] + payload["words"])
+    return train_steps
 
 
 def make_train_steps(strategy, replica_step):
@@ -757,6 +950,7 @@ class EpochLoop:
     train_steps: object
     meter: Meter
     steps_per_call: int = 100
+    step_bytes: object = None  # () -> bytes all replicas exchange in a step (known once traced)
 
     def run(self):
         for epoch in range(int(self.state.epoch.numpy()), self.config.epochs):
@@ -764,8 +958,17 @@ class EpochLoop:
                 return  # --max-steps reached
             self.state.epoch.assign(epoch + 1)
             self.state.batches_in_epoch.assign(0)
-            self.save(int(self.state.step.numpy()))
+            self.save(self.checkpoint_step())
             logging.info("train: epoch %d done", epoch + 1)
+
+    def checkpoint_step(self):
+        """The step number checkpoints are saved under."""
+        return int(self.state.step.numpy())
+
+    def exchanged(self):
+        """Payload bytes the replicas exchanged in this process's steps (trainer/exchange.py)."""
+        steps = self.meter.stats["steps"]
+        return {"bytes_exchanged": steps * self.step_bytes() if self.step_bytes and steps else 0}
 
     def batches(self, epoch):
         """The epoch's distributed batches, past those a resumed run already trained."""
@@ -799,10 +1002,7 @@ class EpochLoop:
                 self.save(before + done)
             self.meter.maybe_log(epoch, before + done, self.state.words_done, float(lr))
             if self.stop_agreed():
-                self.save(before + done)
-                raise main.Terminated(
-                    f"stopped by SIGTERM at step {before + done}; checkpoint saved in "
-                    f"{self.manager.directory}: the same command resumes from it")
+                raise self.terminated(before + done)
 
     def stop_agreed(self):
         """True when SIGTERM reached this process, or, with several workers, any of them:
@@ -810,8 +1010,18 @@ class EpochLoop:
         local = 1.0 if main.stop_requested() else 0.0
         if not isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             return local > 0
-        per_replica = self.strategy.run(tf.identity, args=(tf.constant(local),))
-        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)) > 0
+        return self.sum_over_workers(local) > 0
+
+    def sum_over_workers(self, value):
+        """`value` summed over the workers (a collective every worker must call)."""
+        per_replica = self.strategy.run(tf.identity, args=(tf.constant(float(value)),))
+        return float(self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+    def all_saved(self):
+        """Returns once every worker is done with its last checkpoint: the chief removes
+        the checkpoints, every worker's, once it has published the output."""
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            self.sum_over_workers(1.0)
 
     def save(self, step):
         """Checkpoints, unless the vectors stopped being finite (then raises)."""
@@ -821,6 +1031,155 @@ class EpochLoop:
 
     def diverged(self, what):
         return diverged_error(self.config, self.manager.directory, what)
+
+    def terminated(self, step):
+        """Saves a checkpoint at `step`; returns the error that ends the run (SIGTERM)."""
+        self.save(step)
+        return main.Terminated(f"stopped by SIGTERM at step {step}; checkpoint saved in "
+                               f"{self.manager.directory}: the same command resumes from it")
+
+
+@dataclasses.dataclass
+class SyncedEpochLoop(EpochLoop):
+    """The epochs of workers that each train their own tables with the fused kernel and
+    exchange them every --sync-every-words words (exchange.TableSync).
+
+    A round is HOT_EXCHANGES parts of `steps_per_part` steps (about --sync-every-words
+    words a worker in all), each part followed by an exchange of the frequent words'
+    rows, the last by a full one. A worker whose epoch's batches ran out, or that got
+    SIGTERM, trains no more but keeps exchanging until the others are done. Everything
+    that needs the workers together (an epoch's end, a checkpoint, a stop, divergence)
+    is decided from the values the full exchange agrees on, so every worker decides the
+    same at the same exchange. Checkpoints are numbered by the chief's step.
+    """
+
+    sync: exchange.TableSync = None
+    worker: tuple = (0, 1)  # (this worker's input pipeline, number of workers)
+    steps_per_part: int = 1  # steps between two exchanges (hot or full)
+    agreed_step: int | None = None
+    last_lr: float = 0.0
+
+    def batches(self, epoch):
+        """This worker's share of the epoch (a local pipeline: no collective per batch)."""
+        index, workers = self.worker
+        context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index,
+                                             num_replicas_in_sync=workers)
+        iterator = iter(make_dataset(self.corpus, self.config, epoch, input_context=context,
+                                     batch_size=max(1, self.batch_size // workers), noise=False))
+        for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
+            next(iterator)
+        return iterator
+
+    def checkpoint_step(self):
+        return self.agreed_step if self.agreed_step is not None else super().checkpoint_step()
+
+    def exchanged(self):
+        return {"bytes_exchanged": self.sync.bytes_exchanged(), "exchanges": self.sync.exchanges,
+                "hot_exchanges": self.sync.hot_exchanges, "exchange_seconds": self.sync.seconds}
+
+    def run_epoch(self, epoch):
+        """Trains one epoch in rounds; returns True when --max-steps stopped it first."""
+        iterator, finished, every = self.batches(epoch), False, self.config.checkpoint_every_steps
+        chief, workers, bad_loss = is_chief(self.strategy), self.worker[1], None
+        while True:
+            for part in range(1, exchange.HOT_EXCHANGES + 1):
+                if not finished and bad_loss is None:
+                    finished, bad_loss = self.train_round(iterator, self.steps_per_part)
+                if part < exchange.HOT_EXCHANGES:
+                    self.sync.exchange_hot()
+            step = int(self.state.step.numpy())
+            maxed = self.config.max_steps is not None and step >= self.config.max_steps
+            agreed = self.sync.exchange(finished=finished, stop=main.stop_requested(), max_steps=maxed,
+                                        diverged=bad_loss is not None, chief_step=step if chief else 0)
+            before, self.agreed_step = self.agreed_step, int(agreed["chief_step"])
+            if agreed["diverged"]:
+                raise self.diverged(bad_loss or f"a worker's loss is not finite by step {self.agreed_step}")
+            if agreed["stop"]:
+                raise self.terminated(self.agreed_step)
+            if agreed["max_steps"]:
+                return True
+            if agreed["finished"] == workers:
+                return False
+            if before is not None and self.agreed_step // every > before // every:
+                self.save(self.agreed_step)
+            self.meter.maybe_log(epoch, self.agreed_step, self.state.words_done, self.last_lr)
+
+    def train_round(self, iterator, steps):
+        """Trains this worker `steps` steps (every worker trains as many tokens a step, so
+        they reach the exchange together), less if SIGTERM comes or --max-steps is reached.
+
+        Returns:
+          (whether the epoch's batches ran out, what was not finite or None).
+        """
+        while steps > 0 and not main.stop_requested():
+            n = min(steps, self.steps_per_call)
+            if self.config.max_steps is not None:
+                n = min(n, self.config.max_steps - int(self.state.step.numpy()))
+                if n <= 0:
+                    return False, None
+            loss, pairs, measured, lr, done = self.train_steps(iterator, tf.constant(n))
+            done, loss, steps = int(done), float(loss), steps - n
+            if done and not math.isfinite(loss):
+                return False, f"the loss is {loss} in the {done} steps before step {int(self.state.step.numpy())}"
+            if done:
+                self.meter.add(done, loss, float(pairs), float(measured))
+                self.last_lr = float(lr)
+            if done < n:
+                return True, None
+        return False, None
+
+
+def worker_position(strategy):
+    """(this process's index among the workers, number of workers) of a multi-worker strategy."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return 0, 1
+    cluster = resolver.cluster_spec().as_dict()
+    chiefs, workers = len(cluster.get("chief", [])), len(cluster.get("worker", []))
+    index = 0 if resolver.task_type == "chief" else chiefs + resolver.task_id
+    return index, chiefs + workers
+
+
+def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_dir):
+    """The epoch loop of this kernel and strategy, its step built."""
+    total_words = float(config.epochs) * corpus.total_words
+    replicas, batch_size = strategy.num_replicas_in_sync, effective["batch_size"]
+    # A short training (the bundled sample: ~200 steps) still gets _CURVE_POINTS points of
+    # loss: fewer steps a call, the loss measured on more of them.
+    expected_steps = max(1, int(total_words / batch_size))
+    steps_per_call = max(1, min(100, expected_steps // (2 * _CURVE_POINTS)))
+    meter = Meter(outputs.join(ckpt_dir, schema.LOGS_DIR), total_words, state.words_done)
+    common = (config, corpus, strategy, kernel, batch_size, state, manager)
+    if kernel == "tf":
+        shape = tf_step_shape(batch_size, config.update_tokens, replicas)
+        if replicas == 1:
+            steps = make_train_steps(strategy, make_tf_step(state, config, total_words, effective["window"], shape))
+            return EpochLoop(*common, steps, meter, steps_per_call)
+        steps = make_exchanged_steps(strategy, state, config, total_words, effective["window"], shape)
+        return EpochLoop(*common, steps, meter, steps_per_call, steps.step_bytes)
+    loss_every = max(1, min(_LOSS_EVERY, expected_steps // (4 * _CURVE_POINTS)))
+    if replicas == 1:
+        replica_step = make_fused_step(state, config, corpus, total_words, loss_every)
+        return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call)
+    worker = worker_position(strategy)
+    # Exchanges come after a number of steps the same for every worker (a step is as many
+    # tokens on each): the steps that hold --sync-every-words / HOT_EXCHANGES corpus words.
+    kept = keep_probabilities(corpus.counts, effective["sample"])
+    words_per_step = (batch_size // replicas) * corpus.total_words / float((corpus.counts * kept).sum())
+    steps_per_part = max(1, round(config.sync_every_words / exchange.HOT_EXCHANGES / words_per_step))
+    sync = exchange.TableSync(strategy, [state.model.inputs, state.model.outputs], state.words_done,
+                              replicas, step_device(strategy))
+    replica_step = make_fused_step(state, config, corpus, total_words, loss_every, sync, worker[0])
+    # Local steps: the default strategy (outside any scope) runs them in this process alone.
+    local_steps = make_train_steps(tf.distribute.get_strategy(), replica_step)
+    return SyncedEpochLoop(*common, local_steps, meter, steps_per_call, sync=sync, worker=worker,
+                           steps_per_part=steps_per_part)
+
+
+def replica_difference(strategy, state):
+    """The largest difference between this process's copies of the tables (0: identical)."""
+    copies = [strategy.experimental_local_results(t) for t in (state.model.inputs, state.model.outputs)]
+    return max((float(tf.reduce_max(tf.abs(c[0] - other))) for c in copies for other in c[1:]), default=0.0)
 
 
 def train(config):
@@ -839,36 +1198,38 @@ def train(config):
     logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s), "
                  "%s kernel, %d tokens a step", len(corpus.vocab), corpus.total_words,
                  type(strategy).__name__, strategy.num_replicas_in_sync, kernel, effective["batch_size"])
-    with strategy.scope():
-        state = TrainState(len(corpus.vocab), config.dim, config.seed)
+    if kernel == "fused" and strategy.num_replicas_in_sync > 1:
+        state = TrainState(len(corpus.vocab), config.dim, config.seed)  # this worker's own tables
+    else:
+        with strategy.scope():
+            state = TrainState(len(corpus.vocab), config.dim, config.seed)
     if config.init_from:
         warm_start(state.model, corpus.vocab, config.init_from)  # a checkpoint, if any, wins below
     ckpt_dir = checkpoint_dir(config.output, strategy)
     manager = restore_or_start(state, ckpt_dir, run_fingerprint(config, corpus, kernel))
-    total_words = float(config.epochs) * corpus.total_words
-    # A short training (the bundled sample: ~200 steps) still gets _CURVE_POINTS points of
-    # loss: fewer steps a call, the loss measured on more of them.
-    expected_steps = max(1, int(total_words / effective["batch_size"]))
-    steps_per_call = max(1, min(100, expected_steps // (2 * _CURVE_POINTS)))
-    if kernel == "fused":
-        loss_every = max(1, min(_LOSS_EVERY, expected_steps // (4 * _CURVE_POINTS)))
-        replica_step = make_fused_step(state, config, corpus, total_words, loss_every)
-    else:
-        replica_step = make_tf_step(state, config, total_words, effective["window"], step_device(strategy))
-    meter = Meter(outputs.join(ckpt_dir, schema.LOGS_DIR), total_words, state.words_done)
-    loop = EpochLoop(config, corpus, strategy, kernel, effective["batch_size"], state, manager,
-                     make_train_steps(strategy, replica_step), meter, steps_per_call)
+    loop = make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_dir)
     try:
         with main.cooperating():
             loop.run()
+            loop.all_saved()
     except tf.errors.DataLossError as error:
         raise damaged_shard_error(corpus, error) from None
     if not state.finite():
         raise loop.diverged("the vectors hold NaN or infinite values at the end of training")
-    stats = meter.finish(state.words_done, strategy=type(strategy).__name__,
-                         replicas=strategy.num_replicas_in_sync, kernel=kernel,
-                         batch_size=effective["batch_size"], chief=is_chief(strategy))
+    stats = meter_stats(loop, strategy, kernel, effective["batch_size"])
+    stats["tables_sha256"] = state.tables_sha256()  # equal on every worker, as the tables are
+    if kernel == "tf" and len(local_devices(strategy)) > 1:  # several copies in this process
+        stats["replica_max_difference"] = replica_difference(strategy, state)
     return WordVectors(corpus.vocab, state.model.inputs.numpy(), corpus.counts), stats, corpus
+
+
+def meter_stats(loop, strategy, kernel, batch_size):
+    """The run's training stats for info.json, the exchanged bytes included."""
+    stats = loop.meter.finish(loop.state.words_done, strategy=type(strategy).__name__,
+                              replicas=strategy.num_replicas_in_sync, kernel=kernel,
+                              batch_size=batch_size, chief=is_chief(strategy), **loop.exchanged())
+    stats["bytes_exchanged_per_word"] = stats["bytes_exchanged"] / max(stats["words"], 1e-9)
+    return stats
 
 
 # ------------------------------------------------------------------------ exports
