@@ -2,7 +2,7 @@
 
     python -m benchmarks.scale [--files 100] [--epochs 5] [--dim 100] [--corpus-output DIR]
                                [--rows fused,workers,tf1k,tf64k,tf64k-one,replicas]
-                               [--synthetic-vocab 1000000] [--work DIR]
+                               [--synthetic-vocab 1000000] [--bytes-corpus DIR] [--work DIR]
 
 From one run, on ../shared/data/corpus/enwiki-AA (the first --files files; all 100 are
 about 16M words), dim 100, window 5, negative 5, the same epochs for every row:
@@ -161,13 +161,21 @@ def replica_bytes_per_word(corpus_dir, args, out):
 
 
 def bytes_rows(args, corpus_dir, results, work):
-    """Bytes per trained word, before and now, at the real and the synthetic vocabulary."""
+    """Bytes per trained word, before and now, at the real and the synthetic vocabulary.
+
+    The real vocabulary is the training corpus's, or --bytes-corpus's (e.g. all of
+    enwiki-AA when the rows trained on fewer files); the tf kernel's replicas are then
+    measured over a few steps of it, and the fused workers' bytes follow their formula.
+    """
     from trainer import exchange  # pylint: disable=import-outside-toplevel
     from trainer.skipgram import TrainConfig  # pylint: disable=import-outside-toplevel
 
     synthetic = synthetic_corpus(work, args.synthetic_vocab)
+    real = args.bytes_corpus or corpus_dir
+    if real != corpus_dir:
+        results = {}  # the rows' measured bytes are of another vocabulary
     rows = []
-    for label, directory in (("real", corpus_dir), ("synthetic", synthetic)):
+    for label, directory in (("real", real), ("synthetic", synthetic)):
         per_token, vocab = words_per_token(directory)
         # Before: each of 2 replicas all-reduced both dense tables every 1,024-token step.
         before = 2 * exchange.dense_table_bytes(vocab, args.dim) / (1024 * per_token)
@@ -197,6 +205,8 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--synthetic-vocab", type=int, default=1_000_000)
+    parser.add_argument("--bytes-corpus", default=None,
+                        help="a corpus job output whose vocabulary the bytes table uses (default: the trained one)")
     args = parser.parse_args(argv)
     work = args.work or tempfile.mkdtemp(prefix="embedflow-bench-scale-")
     os.makedirs(work, exist_ok=True)
