@@ -42,12 +42,13 @@ import json, sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from core.main import run_job
 from jobs import train as train_job
 from trainer import skipgram
 if sys.argv[1] == "--stats-only":
     print("STATS " + json.dumps(skipgram.train(train_job.parse_args(sys.argv[2:]))[1]))
 else:
-    train_job.run(sys.argv[1:])
+    sys.exit(run_job("train", train_job.run, sys.argv[1:]))  # its progress logged, as the CLI's
 """
 
 TRAIN = [sys.executable, "-m", "jobs.train"]
