@@ -1,13 +1,14 @@
 """The `embedflow run` config: sections, defaults and checks.
 
-Sections `corpus`, `train`, `evaluate`, `digits` and `sentiment` are the parameters of
-the job that computes the stage: their keys, defaults and checks come from that job's
-`PARAMS` declaration (`jobs/*.py`), so a key is a job flag (`min_count` is
-`--min-count`). Each stage section also takes `args` (more flags for the job, a list or
-one shell-style string); the Beam jobs take `beam_args` (Beam's flags), and `sentiment`
-takes `enabled`. The run's own sections, `inputs` and `gates`, are declared here.
-`SAMPLE` holds the few values that differ from the jobs' defaults for the bundled
-sample, with why.
+Sections `corpus`, `train`, `import`, `evaluate`, `digits` and `sentiment` are the
+parameters of the job that computes the stage (`import` is `embedflow import-vectors`,
+run instead of corpus and train when `inputs.pretrained_vectors` is set): their keys,
+defaults and checks come from that job's `PARAMS` declaration (`jobs/*.py`), so a key
+is a job flag (`min_count` is `--min-count`). Each stage section also takes `args`
+(more flags for the job, a list or one shell-style string); the Beam jobs take
+`beam_args` (Beam's flags), and `sentiment` takes `enabled`. The run's own sections,
+`inputs` and `gates`, are declared here. `SAMPLE` holds the few values that differ
+from the jobs' defaults for the bundled sample, with why.
 
 A key the config does not know, or a value of the wrong type or range, fails before
 any work, naming the key and the value: `config: train.epochs must be an integer
@@ -25,12 +26,14 @@ from core.params import Params, param
 from jobs import corpus as corpus_job
 from jobs import digits as digits_job
 from jobs import evaluate as evaluate_job
+from jobs import import_vectors as import_job
 from jobs import sentiment as sentiment_job
 from jobs import train as train_job
 
-STAGE_PARAMS = {"corpus": corpus_job.PARAMS, "train": train_job.PARAMS, "evaluate": evaluate_job.PARAMS,
-                "digits": digits_job.PARAMS, "sentiment": sentiment_job.PARAMS}
-BEAM_STAGES = ("corpus", "digits", "sentiment")
+STAGE_PARAMS = {"corpus": corpus_job.PARAMS, "train": train_job.PARAMS, "import": import_job.PARAMS,
+                "evaluate": evaluate_job.PARAMS, "digits": digits_job.PARAMS, "sentiment": sentiment_job.PARAMS}
+BEAM_STAGES = ("corpus", "import", "digits", "sentiment")
+PRETRAINED_FORMATS = import_job.FORMATS
 
 
 def sample_dir():
@@ -66,6 +69,14 @@ class InputsParams(Params):
     sentiment: list[str] = param([_sample("sentiment", "rt-polarity")], help="labelled text")
     sentiment_format: str = param("polarity", choices=sentiment_job.FORMATS,
                                   help="the sentiment job's --format")
+    # Set, the run imports these vectors (`embedflow import-vectors`, parameters in the
+    # `import` section) instead of running corpus and train.
+    pretrained_vectors: str | None = param(None, help="another tool's word vectors file (local or gs://): "
+                                                      "imported in place of the corpus and train stages")
+    pretrained_format: str | None = param(None, choices=PRETRAINED_FORMATS,
+                                          help="the import job's --format (required with pretrained_vectors)")
+    pretrained_coverage_text: str | None = param(None, help="the import job's --coverage-text: a text whose "
+                                                            "token share the vectors cover goes in the report")
 
 
 class GatesParams(Params):

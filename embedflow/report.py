@@ -10,8 +10,10 @@ Plots (matplotlib, Agg backend):
                                   the most frequent words, from evaluation/pca.json)
     report/confusion_matrix.png   copied from the digits stage
     report/sentiment_learning_curve.png   copied from the sentiment stage
-The report leads with the verdict (promoted or not, and the failed gates) and the
-headline metrics with their change against the promoted run; then tables of stages
+The report leads with the verdict (promoted or not, and the failed gates), where the
+vectors came from (imported: the file, its format, words kept, folded and dropped, the
+coverage share; trained: the model, from the embeddings' info.json), and the headline
+metrics with their change against the promoted run; then tables of stages
 (ran or reused, fingerprint, seconds), every metric against the promoted run's and the
 gates, analogy sections, nearest neighbours of the probe words, and the plots.
 Works on gs:// run directories: plots are drawn locally, then written through Beam's
@@ -26,7 +28,8 @@ import math
 from apache_beam.io.filesystems import FileSystems
 
 from core import outputs
-from schemas.runs import STAGE_DIRS
+from schemas import imports as imports_schema
+from schemas.runs import IMPORT_STAGE, STAGE_DIRS
 
 REPORT_DIR = "report"
 LOSS_PLOT = "training_loss.png"
@@ -40,6 +43,9 @@ SENTIMENT_PLOT = "sentiment_learning_curve.png"
 COPIED_PLOTS = {("digits", "confusion_matrix.png"): CONFUSION_PLOT,
                 ("sentiment", "learning_curve.png"): SENTIMENT_PLOT}
 PCA_LABELS = 60  # label only the most frequent words: 300 labels would be unreadable
+# Trained outputs written before info.json named the model were skip-gram without subwords.
+DEFAULT_MODEL = {"family": "skipgram", "subwords": None}
+MODEL_NAMES = {"skipgram": "skip-gram", "cbow": "CBOW"}
 
 
 def _pyplot():
@@ -198,6 +204,79 @@ def _html_table(title, header, rows):
     return f"<h2>{html.escape(title)}</h2>\n<table><tr>{head}</tr>{body}</table>\n"
 
 
+def _count(n):
+    return "-" if n is None else f"{n:,}"
+
+
+def _stage_text(record):
+    if not record:
+        return "-"
+    return f"reused from run {record['from_run']}" if record.get("status") == "reused" else record["status"]
+
+
+def _imported(info, record):
+    """(line, rows) of vectors imported by `embedflow import-vectors`."""
+    source, words = info.get("source", {}), info.get("words", {})
+    path = info.get("inputs", {}).get("vectors")
+    coverage = info.get("coverage")
+    dropped = ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in words.get("dropped_by_reason", {}).items() if v)
+    share = None
+    if coverage and coverage.get("share") is not None:
+        share = f"{100 * coverage['share']:.1f}% of the {coverage['tokens']:,} tokens of {coverage['file']}"
+    line = (f"Vectors: imported from {path} ({source.get('format')}, {info.get('dim')} dimensions): "
+            f"{_count(words.get('kept'))} words kept of {_count(words.get('read'))} read, "
+            f"{_count(words.get('folded'))} folded onto another token, {_count(words.get('dropped'))} dropped"
+            + (f"; they cover {share}." if share else "."))
+    rows = [["source file", path], ["format", source.get("format")], ["dimensions", info.get("dim")],
+            ["words read", _count(words.get("read"))],
+            ["words kept", f"{_count(words.get('kept'))} ({_count(words.get('kept_folded'))} of them folded)"],
+            ["words folded onto another token",
+             f"{_count(words.get('folded'))} ({_count(words.get('merged'))} merged into an earlier row)"],
+            ["words dropped", f"{_count(words.get('dropped'))}" + (f" ({dropped})" if dropped else "")],
+            ["coverage", share if share else "not measured (set inputs.pretrained_coverage_text)"],
+            ["stage", f"{IMPORT_STAGE}: {_stage_text(record)}"]]
+    return line, rows
+
+
+def _trained(info, record):
+    """(line, rows) of vectors trained by `embedflow train`."""
+    model = info.get("model") or DEFAULT_MODEL
+    family = MODEL_NAMES.get(model.get("family"), str(model.get("family")))
+    sub = model.get("subwords")
+    subwords = (f"character {sub.get('min_n')}-{sub.get('max_n')}-grams in {_count(sub.get('buckets'))} buckets"
+                if sub else "none")
+    params = info.get("parameters", {})
+    corpus = info.get("inputs", {}).get("corpus")
+    line = (f"Vectors: trained, {family} ({'subwords: ' + subwords if sub else 'no subwords'}), "
+            f"{params.get('dim')} dimensions, {params.get('epochs')} epoch{'' if params.get('epochs') == 1 else 's'}, "
+            f"{_count(info.get('vocab_size'))} words.")
+    rows = [["model", family], ["subwords", subwords], ["dimensions", params.get("dim")],
+            ["epochs", params.get("epochs")], ["words", _count(info.get("vocab_size"))],
+            ["corpus", corpus], ["warm start from", params.get("init_from") or "-"],
+            ["stage", f"train: {_stage_text(record)}"]]
+    return line, rows
+
+
+def provenance(info, records):
+    """Where the run's vectors came from, from the embeddings' info.json.
+
+    Args:
+      info: the embeddings output's info.json (an import's or a training's), or None.
+      records: the run's stage records.
+
+    Returns:
+      (one line for the headline area, ("Vectors", header, rows)), or (None, None) when the
+      run has no embeddings.
+    """
+    if info is None:
+        return None, None
+    if info.get("job") == imports_schema.JOB:
+        line, rows = _imported(info, records.get(IMPORT_STAGE))
+    else:
+        line, rows = _trained(info, records.get("train"))
+    return line, ("Vectors", ["", "value"], rows)
+
+
 def _plots(run_dir, plots_dir):
     """Draws or copies every plot into `plots_dir`; returns ([(caption, file)], [notes])."""
     plots, notes = [], []
@@ -205,6 +284,8 @@ def _plots(run_dir, plots_dir):
     curve = (train_info or {}).get("training", {}).get("loss_curve", [])
     if plot_loss(curve, outputs.join(plots_dir, LOSS_PLOT)):
         plots.append(("Training loss", LOSS_PLOT))
+    elif (train_info or {}).get("job") == imports_schema.JOB:
+        notes.append("Training loss: none, the vectors were imported, not trained.")
     else:
         notes.append("Training loss: no finite loss was logged.")
     pairs = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "pairs.json"))
@@ -268,11 +349,13 @@ def write_report(run_dir, summary):
     evaluation = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "metrics.json"))
     neighbors = _read_json(outputs.join(run_dir, STAGE_DIRS["evaluate"], "neighbors.json"))
     verdict, headline = _verdict(summary)
+    origin, vectors = provenance(_read_json(outputs.join(run_dir, STAGE_DIRS["train"], "info.json")),
+                                 summary["stages"])
     sentiment = _read_json(outputs.join(run_dir, STAGE_DIRS["sentiment"], "metrics.json"))
-    tables = [headline] + _tables(summary, evaluation, neighbors, sentiment)
+    tables = [headline] + ([vectors] if vectors else []) + _tables(summary, evaluation, neighbors, sentiment)
     title = f"embedflow run {summary['run']}"
 
-    md = [f"# {title}", "", f"**{verdict}**", ""]
+    md = [f"# {title}", "", f"**{verdict}**", ""] + ([origin, ""] if origin else [])
     for table in tables:
         md.append(_markdown(*table))
     for caption, name in plots:
@@ -285,7 +368,7 @@ def write_report(run_dir, summary):
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
-             f"<p><b>{html.escape(verdict)}</b></p>"]
+             f"<p><b>{html.escape(verdict)}</b></p>"] + ([f"<p>{html.escape(origin)}</p>"] if origin else [])
     parts += [_html_table(*table) for table in tables]
     parts += [f"<h2>{html.escape(c)}</h2><img src='{REPORT_DIR}/{n}' alt='{html.escape(c)}'>" for c, n in plots]
     parts += ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else "",

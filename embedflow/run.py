@@ -7,11 +7,20 @@ Runs corpus -> train -> evaluate -> digits -> sentiment, writes a report, then p
 the run when every quality gate passes. With no arguments it runs on the bundled
 sample (`sample/`) into `runs/` under the current directory.
 
+With `inputs.pretrained_vectors` (and `inputs.pretrained_format`) set, an `import` stage
+(`embedflow import-vectors`, its parameters in the config's `import` section) replaces
+corpus and train: import -> evaluate -> digits -> sentiment. The import output is both
+the run's embeddings (in `embeddings/`) and its tokenizer, so sentiment takes it as
+`--corpus` and `--embeddings`, and no stage reads a corpus. Its fingerprint covers the
+vectors file (path, size, modification time), the format, the coverage text and the
+`import` parameters. The `train` step of `--stages` then runs the import (so does `import`).
+
 Layout under ROOT (`--output-root`, local or `gs://`):
 
     runs/<UTC time>-<short id>/          one run
         corpus/ embeddings/ evaluation/ digits/ sentiment/
-                                         one job output per stage (info.json, COMPLETED)
+                                         one job output per stage (info.json, COMPLETED);
+                                         embeddings/ is train's or import's
         <stage>.stage.json               the stage's fingerprint and whether it ran or was
                                          reused (and from which run); written after the
                                          stage's COMPLETED
@@ -32,8 +41,8 @@ recomputes). Copying keeps every run self-contained: deleting an old run never b
 a newer one, and `latest` always names a complete directory. Paths inside a copied
 stage's info.json still name the run that computed it.
 
-Config (YAML or JSON; see `DEFAULTS` for every key and its default): sections
-`inputs`, `corpus`, `train`, `evaluate`, `digits`, `sentiment`, `gates`. A key the
+Config (YAML or JSON; see `embedflow/config.py` for every key and its default): sections
+`inputs`, `corpus`, `train`, `import`, `evaluate`, `digits`, `sentiment`, `gates`. A key the
 schema does not know, or a value of the wrong type or range, is an error naming the
 key before any work starts. Relative paths resolve against the current directory.
 `--set train.epochs=1` overrides one key (the value is read as YAML).
@@ -63,9 +72,8 @@ from embedflow.lineage import (copy_stage, digest, embedflow_version, fingerprin
 from embedflow.promotion import check_gates, collect_metrics, latest_metrics, read_latest, write_latest
 from schemas import artifacts as names
 from schemas import embeddings as embeddings_schema
-
-from schemas.runs import (LATEST_FILE, MANIFEST_FILE, RUNS_DIR, STAGE_DIRS, STAGE_RECORD_SUFFIX,  # noqa: F401
-                          STAGES, STEPS)
+from schemas.runs import (IMPORT_STAGE, LATEST_FILE, MANIFEST_FILE, RUNS_DIR, STAGE_DIRS,  # noqa: F401
+                          STAGE_RECORD_SUFFIX, STAGES, STEPS)
 
 class GatesFailed(ValueError):
     """The run finished but a quality gate failed: `latest` was left where it was."""
@@ -89,15 +97,39 @@ class Stage:
     directory: str  # inside the run directory
     upstream: tuple
     inputs: tuple  # keys of config["inputs"] whose files it reads
+    job: str = ""  # the job module (default: jobs.<name>)
+    format_key: str | None = None  # the key of config["inputs"] that is its input's --format
 
 
 STAGE_SPECS = {
-    "corpus": Stage("corpus", STAGE_DIRS["corpus"], (), ("corpus",)),
+    "corpus": Stage("corpus", STAGE_DIRS["corpus"], (), ("corpus",), format_key="corpus_format"),
+    IMPORT_STAGE: Stage(IMPORT_STAGE, STAGE_DIRS[IMPORT_STAGE], (),
+                        ("pretrained_vectors", "pretrained_coverage_text"), job="jobs.import_vectors",
+                        format_key="pretrained_format"),
     "train": Stage("train", STAGE_DIRS["train"], ("corpus",), ()),
     "evaluate": Stage("evaluate", STAGE_DIRS["evaluate"], ("train",), ("analogies", "similarity")),
-    "digits": Stage("digits", STAGE_DIRS["digits"], (), ("digits", "digits_eval")),
-    "sentiment": Stage("sentiment", STAGE_DIRS["sentiment"], ("corpus", "train"), ("sentiment",)),
+    "digits": Stage("digits", STAGE_DIRS["digits"], (), ("digits", "digits_eval"), format_key="digits_format"),
+    "sentiment": Stage("sentiment", STAGE_DIRS["sentiment"], ("corpus", "train"), ("sentiment",),
+                       format_key="sentiment_format"),
 }
+# Every stage in the order it runs: the import, when configured, before the stages that read it.
+ORDER = ("corpus", IMPORT_STAGE, "train", "evaluate", "digits", "sentiment")
+# Inputs that name exactly one file (the import job takes one).
+SINGLE_FILE_INPUTS = ("pretrained_vectors", "pretrained_coverage_text")
+
+
+def imports_vectors(config):
+    """Whether the run imports `inputs.pretrained_vectors` instead of training its vectors."""
+    return config["inputs"]["pretrained_vectors"] is not None
+
+
+def upstream_of(stage, config):
+    """The stages whose outputs `stage` reads. An import is both the run's embeddings and
+    its tokenizer (a corpus-like output), so it stands for train and for corpus."""
+    upstream = STAGE_SPECS[stage].upstream
+    if imports_vectors(config):
+        upstream = tuple(dict.fromkeys(IMPORT_STAGE if u in ("corpus", "train") else u for u in upstream))
+    return upstream
 
 
 def _repeat(flag, values):
@@ -108,6 +140,10 @@ class Run:
     """One run of the chain under an output root."""
 
     def __init__(self, root, config, name=None, force=False, warm_start_from=None, config_file=None):
+        if warm_start_from and imports_vectors(config):
+            raise ValueError(f"--warm-start-from {warm_start_from} starts the train stage, but "
+                             f"inputs.pretrained_vectors ({config['inputs']['pretrained_vectors']}) replaces "
+                             "it with an import: give one of them")
         self.root = root.rstrip("/") if outputs.is_remote(root) else os.path.abspath(root)
         self.config = config
         self.name = name if name else new_run_name()
@@ -122,6 +158,13 @@ class Run:
 
     def stage_dir(self, stage):
         return outputs.join(self.dir, STAGE_SPECS[stage].directory)
+
+    def upstream(self, stage):
+        return upstream_of(stage, self.config)
+
+    def source_dir(self, role):
+        """The directory of this run's "train" (its embeddings) or "corpus" (its tokenizer)."""
+        return self.stage_dir(IMPORT_STAGE if imports_vectors(self.config) else role)
 
     def record_path(self, stage, run_dir=None):
         return outputs.join(run_dir if run_dir else self.dir, stage + STAGE_RECORD_SUFFIX)
@@ -155,6 +198,10 @@ class Run:
                 if not patterns or key in self.inputs:
                     continue
                 self.inputs[key] = fingerprint_inputs(patterns, key)
+                found = self.inputs[key]["files"]
+                if key in SINGLE_FILE_INPUTS and len(found) != 1:
+                    raise ValueError(f"config inputs.{key}: {patterns[0]} matches {len(found)} files "
+                                     f"({', '.join(f['path'] for f in found[:3])}, ...): name one file")
 
     def fingerprint(self, stage):
         spec = STAGE_SPECS[stage]
@@ -165,8 +212,8 @@ class Run:
             # beam_args say where a job runs (DirectRunner, Dataflow), not what it computes
             "parameters": {k: v for k, v in self.config.get(stage, {}).items() if k != "beam_args"},
             "inputs": {k: self.inputs[k]["fingerprint"] for k in spec.inputs if k in self.inputs},
-            "input_format": self.config["inputs"].get(f"{stage}_format"),
-            "upstream": {u: self.records[u]["fingerprint"] for u in spec.upstream},
+            "input_format": self.config["inputs"][spec.format_key] if spec.format_key else None,
+            "upstream": {u: self.records[u]["fingerprint"] for u in self.upstream(stage)},
         }
         if stage == "train" and self.warm_start:
             payload["warm_start"] = self.warm_start
@@ -228,6 +275,11 @@ class Run:
             logging.info("run: %s already complete in this run", stage)
             self.records[stage] = own
             return own
+        other = {"train": IMPORT_STAGE, IMPORT_STAGE: "train"}.get(stage)
+        if other and FileSystems.exists(self.record_path(other)):
+            raise ValueError(f"run {self.name} holds the embeddings of its {other} stage, which {stage} would "
+                             f"replace: continue it with the inputs.pretrained_vectors it started with, "
+                             "or start a new run")
         started = time.time()
         reusable = None if (self.force and execute) else self.find_reusable(stage, fingerprint)
         if reusable and reusable[0] != self.name:
@@ -255,11 +307,14 @@ class Run:
         i = self.config["inputs"]
         if stage == "corpus":
             argv = _repeat("--input", i["corpus"]) + ["--output", out, "--format", i["corpus_format"]]
+        elif stage == IMPORT_STAGE:
+            argv = ["--vectors", i["pretrained_vectors"], "--format", i["pretrained_format"], "--output", out]
+            argv += ["--coverage-text", i["pretrained_coverage_text"]] if i["pretrained_coverage_text"] else []
         elif stage == "train":
             argv = ["--corpus", self.stage_dir("corpus"), "--output", out]
             argv += ["--init-from", self.warm_start["embeddings"]] if self.warm_start else []
         elif stage == "evaluate":
-            argv = ["--embeddings", self.stage_dir("train"), "--output-dir", out]
+            argv = ["--embeddings", self.source_dir("train"), "--output-dir", out]
             argv += ["--analogies", i["analogies"]] if i["analogies"] else []
             argv += _repeat("--similarity", i["similarity"])
         elif stage == "digits":
@@ -267,15 +322,22 @@ class Run:
             argv += ["--format", i["digits_format"], "--output", out]
         elif stage == "sentiment":
             argv = _repeat("--input", i["sentiment"])
-            argv += ["--format", i["sentiment_format"], "--corpus", self.stage_dir("corpus"),
-                     "--embeddings", self.stage_dir("train"), "--output", out]
+            argv += ["--format", i["sentiment_format"], "--corpus", self.source_dir("corpus"),
+                     "--embeddings", self.source_dir("train"), "--output", out]
         else:
             raise ValueError(f"stage {stage} is not a job of its own")
-        return f"jobs.{stage}", argv + config_lib.job_flags(stage, self.config[stage])
+        module = STAGE_SPECS[stage].job or f"jobs.{stage}"
+        return module, argv + config_lib.job_flags(stage, self.config[stage])
 
     def _run_stage_job(self, stage, out):
         module, argv = self.job_argv(stage, out)
-        importlib.import_module(module).run(argv)
+        try:
+            importlib.import_module(module).run(argv)
+        except ValueError as e:
+            if stage != IMPORT_STAGE:
+                raise
+            # The import job names the file and line; say which config key gave the file.
+            raise ValueError(f"stage {stage} of config inputs.pretrained_vectors: {e}") from e
 
 
 # --------------------------------------------------------------------------- CLI
@@ -297,14 +359,16 @@ def parse_args(argv):
     parser.add_argument("--set", action="append", default=[], dest="assignments", metavar="SECTION.KEY=VALUE",
                         help="override one config key, such as train.epochs=1 (repeatable)")
     parser.add_argument("--stages", default=",".join(STEPS), metavar="LIST",
-                        help=f"comma-separated steps to execute, of {','.join(STEPS)} (default: all)")
+                        help=f"comma-separated steps to execute, of {','.join(STEPS)} (default: all); "
+                             f"with inputs.pretrained_vectors, train (or {IMPORT_STAGE}) runs the import")
     parser.add_argument("--run-name", default=None, metavar="NAME",
                         help="write into (or continue) run NAME instead of a new one")
     args = parser.parse_args(argv)
     steps = [s.strip() for s in args.stages.split(",") if s.strip()]
-    unknown = [s for s in steps if s not in STEPS]
+    unknown = [s for s in steps if s not in STEPS + (IMPORT_STAGE,)]
     if unknown or not steps:
-        raise ValueError(f"--stages {args.stages!r}: unknown step(s) {unknown}; choose from {','.join(STEPS)}")
+        raise ValueError(f"--stages {args.stages!r}: unknown step(s) {unknown}; choose from {','.join(STEPS)}"
+                         f" (or {IMPORT_STAGE})")
     args.stages = steps
     if args.run_name is not None and (not args.run_name or "/" in args.run_name):
         raise ValueError(f"--run-name {args.run_name!r} must be a plain name (no '/')")
@@ -312,10 +376,34 @@ def parse_args(argv):
     return args
 
 
+def _check_import(config):
+    """The import's inputs, checked before any work."""
+    i = config["inputs"]
+    if not imports_vectors(config):
+        for key in ("pretrained_format", "pretrained_coverage_text"):
+            if i[key] is not None:
+                raise ValueError(f"config inputs.{key} is set but inputs.pretrained_vectors is not: "
+                                 "name the vectors file, or leave it unset")
+        return
+    if i["pretrained_format"] is None:
+        raise ValueError(f"config inputs.pretrained_format: set it to the format of inputs.pretrained_vectors "
+                         f"({i['pretrained_vectors']}), one of {list(config_lib.PRETRAINED_FORMATS)}")
+
+
 def select_stages(config):
-    """(stages to run, stages skipped) by the config; fails when sentiment has no input."""
+    """(stages to run, stages skipped) by the config; fails when sentiment has no input.
+
+    With `inputs.pretrained_vectors` the import replaces train, and corpus runs only if a
+    selected stage still reads it (none does: the import is the tokenizer too).
+    """
+    _check_import(config)
     stages = [s for s in STAGES if s != "sentiment" or config["sentiment"]["enabled"]]
     skipped = [] if "sentiment" in stages else ["sentiment"]
+    if imports_vectors(config):
+        stages = [IMPORT_STAGE if s == "train" else s for s in stages]
+        if not any("corpus" in upstream_of(s, config) for s in stages):
+            stages.remove("corpus")
+        skipped += [s for s in ("corpus", "train") if s not in stages]
     if "sentiment" in stages and not _sentiment_available():
         logging.warning("run: the sentiment stage is skipped: jobs.sentiment or trainer.sentiment "
                         "is not installed")
@@ -327,11 +415,20 @@ def select_stages(config):
     return stages, skipped
 
 
+def select_steps(steps, config):
+    """The steps to execute: with an import, the `train` step (the run's embeddings) is the import."""
+    if not imports_vectors(config):
+        if IMPORT_STAGE in steps:
+            raise ValueError(f"--stages {IMPORT_STAGE}: set inputs.pretrained_vectors (the file to import)")
+        return list(steps)
+    return list(dict.fromkeys(IMPORT_STAGE if s == "train" else s for s in steps))
+
+
 def run_stages(run_, stages, steps):
     """Makes every stage complete (kept, reused or computed); returns those still pending."""
     pending = []
     for stage in stages:
-        missing = [u for u in STAGE_SPECS[stage].upstream if u not in run_.records]
+        missing = [u for u in run_.upstream(stage) if u not in run_.records]
         if missing and stage in steps:
             raise ValueError(f"stage {stage} needs {missing[0]}, which is not complete in run "
                              f"{run_.name}: run it first (--stages {missing[0]} --run-name {run_.name})")
@@ -387,19 +484,20 @@ def run(argv=None):
     run_ = Run(args.output_root, config, name=args.run_name, force=args.force,
                warm_start_from=args.warm_start_from, config_file=args.config)
     stages, skipped = select_stages(config)
+    steps = select_steps(args.stages, config)
     run_.prepare(stages)  # input fingerprints: a missing input fails here, before any work
     started_at = outputs.utc_now()
     logging.info("run: %s", run_.dir)
     try:
-        pending = run_stages(run_, stages, args.stages)
+        pending = run_stages(run_, stages, steps)
     except BaseException as e:
         write_manifest(run_, "failed", started_at, error=f"{type(e).__name__}: {e}")
         raise
     metrics = collect_metrics(run_.dir, run_.records)
-    if "promote" in args.stages or "report" in args.stages:
-        return report_and_promote(run_, args.stages, skipped, started_at, metrics)
+    if "promote" in steps or "report" in steps:
+        return report_and_promote(run_, steps, skipped, started_at, metrics)
     manifest = write_manifest(run_, "incomplete" if pending else "complete", started_at, metrics)
-    print(f"embedflow run: {run_.name}: ran {','.join(s for s in args.stages if s in STAGES)}; "
+    print(f"embedflow run: {run_.name}: ran {','.join(s for s in steps if s in ORDER)}; "
           f"pending: {','.join(pending) or 'none'}")
     return manifest
 

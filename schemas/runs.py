@@ -8,5 +8,9 @@ STAGE_RECORD_SUFFIX = ".stage.json"  # <stage>.stage.json: fingerprint, ran or r
 # The stages in order, and the directory each one's job output takes in a run.
 STAGES = ("corpus", "train", "evaluate", "digits", "sentiment")
 STEPS = STAGES + ("report", "promote")
-STAGE_DIRS = {"corpus": "corpus", "train": "embeddings", "evaluate": "evaluation",
-              "digits": "digits", "sentiment": "sentiment"}
+# With `inputs.pretrained_vectors` set, this stage (`embedflow import-vectors`) replaces
+# corpus and train: its output is the run's embeddings and its tokenizer, so it takes
+# the train stage's directory, and selecting the `train` step selects it.
+IMPORT_STAGE = "import"
+STAGE_DIRS = {"corpus": "corpus", "train": "embeddings", IMPORT_STAGE: "embeddings",
+              "evaluate": "evaluation", "digits": "digits", "sentiment": "sentiment"}

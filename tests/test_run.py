@@ -88,6 +88,9 @@ def test_first_run_computes_every_stage_writes_a_report_and_promotes(chain):
     # The verdict leads, then the headline metrics with their change against latest.
     assert md.splitlines()[2].startswith("**Promoted: every gate passed")
     assert md.index("## Headline metrics") < md.index("## Stages")
+    # Where the vectors came from, in the headline area: trained here, the model named.
+    assert md.splitlines()[4].startswith("Vectors: trained, skip-gram") and "16 dimensions, 1 epoch," in md
+    assert md.index("## Vectors") < md.index("## Stages") and "| stage | train: ran |" in md
     assert "| digit_accuracy |" in md and "| cat |" in md and "nosuchword" in md
     page = open(os.path.join(run_dir, "report.html"), encoding="utf-8").read()
     images = re.findall(r"<img src='([^']+)'", page)
