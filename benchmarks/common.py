@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: timing a command, printing a table."""
+"""Helpers shared by the benchmark scripts: timing a command, printing a table, training
+gensim on embedflow's tokens and scoring vectors the same way for both."""
 
 import glob
 import os
@@ -66,3 +67,41 @@ def print_table(rows, headers):
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in cells[1:]:
         print(line(r))
+
+
+def corpus_files(data, count=None):
+    """The first `count` (all: None) files of enwiki-AA, sorted as the corpus job lists them."""
+    root = os.path.join(data, "corpus", "enwiki-AA")
+    return sorted(os.path.join(root, f) for f in os.listdir(root))[:count]
+
+
+def gensim_sentences(files):
+    """The paragraphs of `files` as token lists, read and tokenized as the corpus job does
+    (in memory: gensim then trains on the tokens embedflow trains on)."""
+    from benchmarks.corpus import corpus_token_lists  # pylint: disable=import-outside-toplevel
+
+    return list(corpus_token_lists(files))
+
+
+def train_gensim(model_class, sentences, epochs, **params):
+    """Trains a gensim model (Word2Vec, FastText) on `sentences`; returns (model, seconds,
+    words/s). Words/s counts in-vocabulary corpus words, times epochs, over training time,
+    as embedflow's info.json does; building the vocabulary is not timed."""
+    model = model_class(**params)
+    model.build_vocab(sentences)
+    in_vocab = sum(model.wv.get_vecattr(w, "count") for w in model.wv.index_to_key)
+    start = time.time()
+    model.train(sentences, total_examples=len(sentences), epochs=epochs)
+    seconds = time.time() - start
+    return model, seconds, in_vocab * epochs / seconds
+
+
+def evaluate_vectors(vectors, data):
+    """(analogy accuracy, analogy coverage, WordSim-353 Spearman, pairs covered) of WordVectors:
+    questions-words over the 30k most frequent words (3CosAdd), and WordSim-353."""
+    from trainer import evaluate  # pylint: disable=import-outside-toplevel
+
+    result = evaluate.evaluate(vectors, os.path.join(data, "eval", "questions-words.txt"),
+                               [os.path.join(data, "eval", "wordsim353.tsv")])
+    sim = result["similarity"]["wordsim353.tsv"]
+    return result["analogies"]["accuracy"], result["analogies"]["coverage"], sim["spearman"], sim["covered"]

@@ -18,36 +18,23 @@ import json
 import os
 import sys
 import tempfile
-import time
 
+from benchmarks import common
 from benchmarks.common import SHARED_DATA, print_table, run_measured
 
 
-def _evaluate(vectors, data):
-    from trainer import evaluate  # pylint: disable=import-outside-toplevel
-
-    result = evaluate.evaluate(vectors, os.path.join(data, "eval", "questions-words.txt"),
-                               [os.path.join(data, "eval", "wordsim353.tsv")])
-    sim = result["similarity"]["wordsim353.tsv"]
-    return result["analogies"]["accuracy"], result["analogies"]["coverage"], sim["spearman"], sim["covered"]
+_evaluate = common.evaluate_vectors  # benchmarks/scale.py imports it from here
 
 
 def train_gensim(corpus_files, args):
     from gensim.models import Word2Vec  # pylint: disable=import-outside-toplevel
 
-    from benchmarks.corpus import corpus_token_lists  # pylint: disable=import-outside-toplevel
     from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
 
-    sentences = list(corpus_token_lists(corpus_files))
-    model = Word2Vec(vector_size=args.dim, window=5, negative=5, sample=1e-3, min_count=5, sg=1,
-                     workers=2, seed=1)
-    model.build_vocab(sentences)
-    in_vocab = sum(model.wv.get_vecattr(w, "count") for w in model.wv.index_to_key)
-    start = time.time()
-    model.train(sentences, total_examples=len(sentences), epochs=args.epochs)
-    seconds = time.time() - start
-    vectors = WordVectors(model.wv.index_to_key, model.wv.vectors)
-    return vectors, seconds, in_vocab * args.epochs / seconds
+    model, seconds, wps = common.train_gensim(
+        Word2Vec, common.gensim_sentences(corpus_files), args.epochs, vector_size=args.dim, window=5,
+        negative=5, sample=1e-3, min_count=5, sg=1, workers=2, seed=1)
+    return WordVectors(model.wv.index_to_key, model.wv.vectors), seconds, wps
 
 
 def main(argv=None):
@@ -88,16 +75,14 @@ def main(argv=None):
         ours = WordVectors.load(emb_dir)
         rows.append([f"embedflow ({training['kernel']} kernel)", args.epochs, f"{training['seconds']:.0f}",
                      f"{training['words_per_second']:,.0f}"]
-                    + [f"{x:.3f}" for x in _evaluate(ours, args.data)[:3]] + [f"{peak / 2**30:.2f}"])
+                    + [f"{x:.3f}" for x in common.evaluate_vectors(ours, args.data)[:3]] + [f"{peak / 2**30:.2f}"])
         rows[-1].append(training["words_per_second"])
     if not args.skip_gensim:
-        files = sorted(os.path.join(args.data, "corpus", "enwiki-AA", f)
-                       for f in os.listdir(os.path.join(args.data, "corpus", "enwiki-AA")))
-        theirs, seconds, wps = train_gensim(files, args)
+        theirs, seconds, wps = train_gensim(common.corpus_files(args.data), args)
         for row in rows:
             row[-1] = f"{row[-1] / wps:.2f}"
         rows.append(["gensim", args.epochs, f"{seconds:.0f}", f"{wps:,.0f}"]
-                    + [f"{x:.3f}" for x in _evaluate(theirs, args.data)[:3]] + ["-", "1.00"])
+                    + [f"{x:.3f}" for x in common.evaluate_vectors(theirs, args.data)[:3]] + ["-", "1.00"])
     else:
         rows = [row[:-1] for row in rows]
     print(f"skip-gram on enwiki-AA, dim {args.dim}, window 5, negative 5, sample 1e-3, min_count 5, "

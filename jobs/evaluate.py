@@ -8,7 +8,9 @@
 The measures are defined in `trainer/evaluate.py`. With `--output-dir` the job
 publishes an evaluation output (the `evaluate` stage of `embedflow run`):
 
-    metrics.json     analogies (overall and per section) and similarity, as printed
+    metrics.json     analogies (overall and per section) and similarity, as printed, and
+                     "model": the embeddings' model as their info.json records it
+                     ({"family", "subwords"}; null for vectors not trained by embedflow)
     neighbors.json   {"neighbors": {word: [[neighbour, cosine], ...]}, "missing": [...]}
                      for every --probe-word
     pca.json         {"words", "xy", "explained_variance"}: the --pca-words most
@@ -77,11 +79,24 @@ def load_embeddings(directory, flag="--embeddings"):
     return vectors
 
 
+def model_of(directory):
+    """The model of a train output as its info.json records it ("model"), or None.
+
+    Train outputs written before the key existed were all skip-gram without subwords;
+    other embeddings outputs (`embedflow import-vectors`) were not trained here: None.
+    """
+    info = outputs.read_info(directory)
+    if "model" in info:
+        return info["model"]
+    return {"family": "skipgram", "subwords": None} if info.get("job") == "train" else None
+
+
 def run(argv=None):
     """Runs the evaluate job; returns the metrics."""
     params = parse_args(argv)
     vectors = load_embeddings(params.embeddings)
     result = evaluate(vectors, params.analogies, params.similarity, params.restrict_vocab)
+    result["model"] = model_of(params.embeddings)
     text = json.dumps(result, indent=2, sort_keys=True)
     if params.output:
         outputs.write_text(params.output, text + "\n")

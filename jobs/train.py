@@ -1,33 +1,50 @@
-"""Train job: skip-gram word vectors from a corpus job output.
+"""Train job: word vectors (skip-gram or CBOW, optionally with fastText subwords) from a
+corpus job output.
 
-    embedflow train --corpus DIR --output DIR [--dim 100] [--epochs 5] [--negatives 5]
-        [--learning-rate 0.025] [--batch-size N] [--kernel auto|fused|tf]
+    embedflow train --corpus DIR --output DIR [--model skipgram|cbow] [--subwords
+        [--min-n 3] [--max-n 6] [--buckets 2000000]] [--dim 100] [--epochs 5] [--negatives 5]
+        [--learning-rate 0.025|0.05] [--batch-size N] [--kernel auto|fused|tf]
         [--strategy auto|cpu|mirrored|multiworker|tpu] [--tpu ADDRESS] [--seed N]
         [--sync-every-words N] [--update-tokens N] [--init-from DIR] [...]
                                        (`embedflow train --help` lists every flag)
     python -m jobs.train ...           (the same)
 
-The model, its draws and its two kernels are described in `trainer/skipgram.py`; what
-replicas exchange, in `trainer/exchange.py`.
+The models, their draws and the two kernels are described in `trainer/skipgram.py`
+(--model cbow and --subwords: the fused CPU kernel only); what replicas exchange, in
+`trainer/exchange.py`.
 
 Output directory (published only when complete):
-    vectors.npy, vocab.txt          rows of W and the vocabulary (word<TAB>count)
+    vectors.npy, vocab.txt          the word vectors (rows of W; with --subwords each word's
+                                    composed vector, the mean of its own row and its n-gram
+                                    rows, as fastText exports them) and the vocabulary
+                                    (word<TAB>count); every export below holds these vectors
+    subword_vectors.npy, subwords.json   with --subwords only: the n-gram bucket rows
+                                    (float32 [buckets, dim]: 800 MB at 2M buckets x dim 100)
+                                    and {"min_n", "max_n", "buckets"}; WordVectors.load reads
+                                    them and gives words outside the vocabulary a vector
     vectors.word2vec.txt            word2vec text format (gensim load_word2vec_format)
+    vectors.word2vec.bin            word2vec binary format (load_word2vec_format(binary=True))
     projector/vectors.tsv, projector/metadata.tsv   Embedding Projector
     saved_model/                    raw strings -> token vectors, mask, mean; the corpus
-                                    job's transform_fn is inside, so it tokenizes alone
+                                    job's transform_fn is inside, so it tokenizes alone; with
+                                    --subwords it holds the n-gram rows too and gives any
+                                    token a vector, its n-grams hashed in the graph
     logs/                           TensorBoard summaries (loss, learning rate, words/s)
-    info.json, COMPLETED            info.json's "training": steps, words, words/s, the
+    info.json, COMPLETED            info.json's "model": {"family": "skipgram" | "cbow",
+                                    "subwords": null | {"min_n", "max_n", "buckets"}};
+                                    its "training": steps, words, words/s, the
                                     loss curve, kernel, strategy, replicas, and what the
                                     replicas exchanged: bytes_exchanged (payload bytes, all
                                     replicas) and bytes_exchanged_per_word; with several
                                     fused workers exchanges, hot_exchanges and
                                     exchange_seconds; with several replicas in one process
                                     replica_max_difference (0: identical copies);
-                                    tables_sha256 (a non-chief worker logs its own)
+                                    tables_sha256 (a non-chief worker logs its own);
+                                    "pairs" counts centres with --model cbow
 Several workers (--strategy multiworker): each trains; the chief alone writes the output.
 Checkpoints live in OUTPUT.checkpoints/ (beside the output), with fingerprint.json: the
-corpus (its inputs fingerprint and vocabulary) and the parameters that shape the vectors.
+corpus (its inputs fingerprint and vocabulary) and the parameters that shape the vectors
+(the model and its subword rule included).
 A run started again with the same corpus and parameters continues from the last
 checkpoint; one with another corpus or other parameters is refused (delete
 OUTPUT.checkpoints to start afresh).
@@ -52,7 +69,7 @@ PARAMS = TrainConfig
 
 def parse_args(argv):
     """The checked TrainConfig of a command line; fails before work on a bad flag or --output."""
-    parser = TrainConfig.add_flags(new_parser("embedflow train", "Train skip-gram word vectors."))
+    parser = TrainConfig.add_flags(new_parser("embedflow train", "Train word vectors (skip-gram or CBOW, optionally with subwords)."))
     config = parse_all(TrainConfig, parser, argv)
     outputs.check_output_path(config.output)
     outputs.check_not_an_input(config.output, "--output", [config.corpus, config.init_from])
@@ -88,6 +105,7 @@ def run(argv=None):
             "inputs": {"corpus": config.corpus, "corpus_fingerprint": corpus.info["inputs"]["fingerprint"],
                        "corpus_completed_at": corpus.info.get("completed_at")},
             "parameters": params,
+            "model": config.describe_model(),
             "vocab_size": len(vectors),
             "training": dict(stats),
         })

@@ -1,4 +1,5 @@
-"""Skip-gram with negative sampling under tf.distribute: data, model, loop, exports.
+"""Word2vec's and fastText's models with negative sampling under tf.distribute: data,
+models, loop, exports.
 
 The job that runs it (flags, the output contract) is `jobs/train.py`.
 
@@ -13,20 +14,42 @@ are runs of token ids; for every epoch this trainer draws, in `tf.data`:
 Draws use stateless random ops seeded from (--seed, epoch, batch index), so a resumed
 run draws what the first would have drawn.
 
-Model and update: input vectors W (uniform in +-0.5/dim, as word2vec) and output
-vectors C (zeros). Each step takes a batch of --batch-size consecutive kept tokens
-(whole runs, in order); every token is a centre, paired with each context its radius
-reaches in the same run. The learning rate decays linearly with the corpus words
-processed, from --learning-rate to 1e-4 of it, as word2vec does. Two kernels (--kernel):
+Models (--model, --subwords): input vectors W (uniform in +-0.5/dim, as word2vec) and
+output vectors C (zeros), one row a word. Each step takes a batch of --batch-size
+consecutive kept tokens (whole runs, in order); every token is a centre, its contexts
+those its radius reaches in the same run.
 
-  * fused (default on the CPU with one replica per process; trainer/kernels): a C++ op
-    that trains in place, word2vec's update: the context's input vector against the
-    centre's output vector and --negatives noise words (drawn once per centre and
-    shared by its contexts), the batch split over TensorFlow's intra-op threads without
-    locks (Hogwild). With several workers (MultiWorkerMirroredStrategy) each trains its own
+  * skipgram (default): each context's input vector predicts the centre's output vector
+    against --negatives noise words.
+  * cbow: the mean of the centre's contexts' input vectors predicts the centre's output
+    vector (word2vec's cbow_mean=1), against --negatives noise words drawn for the
+    centre; the mean's gradient is added whole to every context row, as word2vec does.
+    Its default --learning-rate is word2vec's for CBOW, 0.05 (skip-gram: 0.025).
+  * --subwords (either model; fastText's): W also holds --buckets rows after the words'.
+    A word's input vector is the mean of its own row and the rows of its character
+    n-grams of --min-n to --max-n characters, `<` and `>` marking its ends, each hashed
+    with fastText's FNV-1a into a bucket (trainer/subwords.py). The exports hold every
+    word's composed vector (that mean), as fastText's, and the bucket rows, so a word
+    outside the vocabulary gets the mean of its n-gram rows: in `WordVectors` and in the
+    SavedModel, which hashes the n-grams of raw text in its graph as training did.
+
+The learning rate decays linearly with the corpus words processed, from
+--learning-rate to 1e-4 of it, as word2vec does. Two kernels (--kernel):
+
+  * fused (default on the CPU with one replica per process; trainer/kernels): C++ ops
+    that train in place, every model: skip-gram's update is word2vec's with the noise
+    words drawn once per centre and shared by its contexts, the centre's pairs updated
+    together (HogBatch); CBOW and the subword models are word2vec's and fastText's
+    updates. The batch is split over TensorFlow's intra-op threads without locks
+    (Hogwild). With several workers (MultiWorkerMirroredStrategy) each trains its own
     tables on its share of the shards and the workers add up their changes every
-    --sync-every-words words (`SyncedEpochLoop`, trainer/exchange.py).
-  * tf (GPUs, TPUs, several replicas in a process): TensorFlow ops compiled with XLA.
+    --sync-every-words words (`SyncedEpochLoop`, trainer/exchange.py): skip-gram and
+    CBOW, whose tables are [V, d] both; not --subwords, refused before any work, as
+    that exchange would send every one of the --buckets n-gram rows each round.
+  * tf (GPUs, TPUs, several replicas in a process): skip-gram without subwords only;
+    --model cbow or --subwords there (--kernel tf, --strategy tpu, a strategy of
+    several local replicas or a GPU) is refused before any work: the accelerator path
+    is skip-gram only for now. TensorFlow ops compiled with XLA.
     Contexts come from shifting the batch (no extra lookup); a centre's
     --noise-per-centre noise words stand for the K noise words of each of its pairs
     (their terms weighted by its number of contexts: the expected gradient of
@@ -45,7 +68,7 @@ processed, from --learning-rate to 1e-4 of it, as word2vec does. Two kernels (--
 Safety, each a ValueError that says what to do: the window shards are checked against
 the sizes the corpus job recorded before any work, and a damaged record met while
 training names its shard; checkpoints are resumed only by the run they belong to
-(`run_fingerprint`); a loss that is not finite (after every call of the step loop) or
+(`run_fingerprint`: the corpus, the model and its subword rule, the parameters); a loss that is not finite (after every call of the step loop) or
 vectors that are not (before every checkpoint and before the vectors are returned for
 export) stop a diverging run.
 """
@@ -71,10 +94,13 @@ from core import main, outputs, tokens
 from core.params import Params, param
 from schemas import corpus as corpus_schema
 from schemas import embeddings as schema
-from trainer import exchange
+from trainer import exchange, formats
+from trainer.subwords import SubwordSpec, ngram_buckets_tf, ngram_table
 
 STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
 KERNELS = ("auto", "fused", "tf")
+MODELS = ("skipgram", "cbow")
+DEFAULT_LEARNING_RATE = {"skipgram": 0.025, "cbow": 0.05}  # word2vec's -alpha, by -cbow
 DEFAULT_BATCH = {"fused": 16384, "tf": 65536}  # centre tokens per step, by kernel
 DEFAULT_UPDATE_TOKENS = 1024  # tf kernel: tokens of one sequential update, over all replicas
 DEFAULT_NEWTON_CAP = 1.0  # tf kernel: see TrainConfig.newton_cap and apply_factors
@@ -98,7 +124,22 @@ class TrainConfig(Params):
     noise_per_centre: int | None = param(
         None, ge=1, help="noise words drawn per centre token with the tf kernel, shared by its "
                          "pairs; unset: 3 x --negatives")
-    learning_rate: float = param(0.025, gt=0, help="starting learning rate, decayed linearly")
+    model: str = param("skipgram", choices=MODELS,
+                       help="skipgram: each context word predicts its centre; cbow: the mean of the "
+                            "context words predicts the centre (word2vec's cbow_mean=1); both with "
+                            "negative sampling")
+    subwords: bool = param(False, help="fastText's subword vectors: a word's input vector is the mean "
+                                       "of its own row and the rows of its character n-grams (hashed "
+                                       "into --buckets rows), so any word, seen or not, gets a vector; "
+                                       "fused kernel only")
+    min_n: int = param(3, ge=1, help="with --subwords: shortest character n-gram (fastText's -minn)")
+    max_n: int = param(6, ge=1, help="with --subwords: longest character n-gram (fastText's -maxn)")
+    buckets: int = param(2_000_000, ge=1, help="with --subwords: rows the n-grams are hashed into "
+                                                "(fastText's -bucket); each holds --dim floats")
+    learning_rate: float | None = param(
+        None, gt=0, help=f"starting learning rate, decayed linearly; unset: "
+                         f"{DEFAULT_LEARNING_RATE['skipgram']} with --model skipgram, "
+                         f"{DEFAULT_LEARNING_RATE['cbow']} with cbow (word2vec's)")
     # Over all replicas. The batch only sets the overhead of a step (and what the input
     # pipeline and an accelerator take at once): the fused kernel applies every pair's update
     # at once, the tf kernel applies its batch as updates of --update-tokens.
@@ -106,10 +147,11 @@ class TrainConfig(Params):
         None, ge=1, help=f"centre tokens per step; unset: {DEFAULT_BATCH['fused']} with the fused "
                          f"kernel, {DEFAULT_BATCH['tf']} with the tf kernel")
     kernel: str = param("auto", choices=KERNELS,
-                        help="fused: a C++ op that trains pair by pair in place, on the CPU with one "
-                             "replica per process (built on first use); tf: TensorFlow ops compiled "
-                             "with XLA, on any device and strategy; auto: fused where it applies and "
-                             "builds, else tf")
+                        help="fused: a C++ op that trains each batch in place, a centre's noise words "
+                             "shared by its pairs (HogBatch), on the CPU with one replica per process "
+                             "(built on first use), every --model and --subwords; tf: TensorFlow ops "
+                             "compiled with XLA, on any device and strategy, skip-gram without "
+                             "--subwords only; auto: fused where it applies and builds, else tf")
     window: int | None = param(None, ge=1, help="skip-gram window radius; unset: the corpus job's")
     sample: float | None = param(None, ge=0, lt=1,
                                  help="frequent-word subsampling threshold; unset: the corpus job's")
@@ -141,11 +183,53 @@ class TrainConfig(Params):
             raise ValueError("--strategy tpu needs --tpu ADDRESS")
         return self
 
+    @pydantic.model_validator(mode="after")
+    def _model_fits_the_kernel(self):
+        if self.learning_rate is None:
+            self.learning_rate = DEFAULT_LEARNING_RATE[self.model]
+        if self.subwords:
+            SubwordSpec(self.min_n, self.max_n, self.buckets).check()
+        forced = ("--kernel tf" if self.kernel == "tf" else
+                  "--strategy tpu" if self.strategy == "tpu" else None)
+        if forced and self.needs_fused():
+            raise fused_only_error(self, forced)
+        if self.subwords and self.strategy == "multiworker":
+            raise ValueError(
+                "--subwords is not trained with --strategy multiworker yet: the workers' exchange "
+                "(trainer/exchange.py) sends every row of the input table each round, and with "
+                f"subwords that table holds --buckets ({self.buckets:,}) n-gram rows besides the "
+                "words. Train --subwords in one process (--strategy auto or cpu; more threads: "
+                "TF_NUM_INTRAOP_THREADS), or drop --subwords")
+        return self
+
+    def needs_fused(self):
+        """The flags of this model that only the fused kernel trains, as text ('' for none)."""
+        return " and ".join(f for f, on in (("--model cbow", self.model == "cbow"),
+                                            ("--subwords", self.subwords)) if on)
+
+    def subword_spec(self):
+        """The n-gram rule of --subwords, or None without it."""
+        return SubwordSpec(self.min_n, self.max_n, self.buckets) if self.subwords else None
+
+    def describe_model(self):
+        """The model, as info.json records it (top-level key "model")."""
+        spec = self.subword_spec()
+        return {"family": self.model, "subwords": None if spec is None else spec.as_dict()}
+
     def effective(self, corpus, kernel):
         """The values this run trains with: window, sample and batch size resolved."""
         return {"window": self.window if self.window is not None else corpus.window,
                 "sample": self.sample if self.sample is not None else corpus.sample,
                 "batch_size": self.batch_size if self.batch_size is not None else DEFAULT_BATCH[kernel]}
+
+
+def fused_only_error(config, forced):
+    """The error for a model that the tf kernel does not train, which `forced` selects."""
+    return ValueError(
+        f"{config.needs_fused()} train only with the fused CPU kernel, but {forced} trains with the "
+        "tf kernel: the accelerator path (GPUs, TPUs, several replicas in one process) is skip-gram "
+        "without subwords for now. Train on the CPU with --kernel auto or fused and --strategy cpu "
+        "(or multiworker on CPU workers), or train --model skipgram without --subwords there.")
 
 
 # ------------------------------------------------------------------------ corpus
@@ -377,7 +461,7 @@ def local_devices(strategy):
         return [d.name for d in tf.config.list_logical_devices("GPU")[:1]] or ["/device:CPU:0"]
 
 
-def resolve_kernel(name, strategy):
+def resolve_kernel(name, strategy, config=None):
     """'fused' or 'tf' for --kernel `name` under `strategy`.
 
     The fused kernel (trainer/kernels) updates the vectors in place on the CPU, so it
@@ -385,15 +469,23 @@ def resolve_kernel(name, strategy):
     MultiWorkerMirroredStrategy that each train their own copy and exchange it every
     --sync-every-words (trainer/exchange.py). GPUs, TPUs and several replicas in one
     process take the TF step. 'auto' falls back to the TF step, with a warning, where
-    the kernel cannot be built.
+    the kernel cannot be built, unless `config`'s model needs the fused kernel (CBOW,
+    subwords): then that is an error, as is a strategy that takes the TF step.
+
+    Raises:
+      ValueError: --kernel fused where it cannot run, or a model the tf kernel does not
+        train (`config.needs_fused()`) where only the tf kernel runs.
+      kernels.KernelUnavailable: --kernel fused, or such a model, and no kernel builds.
     """
     devices = local_devices(strategy)
     one_cpu_replica = len(devices) == 1 and (tf.DeviceSpec.from_string(devices[0]).device_type or "CPU") == "CPU"
     fits = one_cpu_replica and (strategy.num_replicas_in_sync == 1
                                 or isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy))
-    if name == "tf":
-        return "tf"
-    if not fits:
+    needs_fused = config is not None and config.needs_fused()
+    if name == "tf" or not fits:
+        if needs_fused:
+            raise fused_only_error(config, "--kernel tf" if name == "tf" else
+                                   f"the strategy {type(strategy).__name__} on {', '.join(devices)}")
         if name == "fused":
             raise ValueError(f"--kernel fused runs on the CPU with one replica per worker process, but the "
                              f"strategy is {type(strategy).__name__} on {', '.join(devices)}: use --kernel "
@@ -404,7 +496,7 @@ def resolve_kernel(name, strategy):
     try:
         kernels.load()
     except kernels.KernelUnavailable as error:
-        if name == "fused":
+        if name == "fused" or needs_fused:
             raise
         logging.warning("train: the fused CPU kernel is unavailable, training with TensorFlow ops "
                         "(about 3x slower): %s", error)
@@ -413,11 +505,16 @@ def resolve_kernel(name, strategy):
 
 
 class SkipGram(tf.Module):
-    """Input and output vectors (the tf kernel's update: `sgns_factors`, `apply_factors`)."""
+    """Input and output vectors (the tf kernel's update: `sgns_factors`, `apply_factors`).
 
-    def __init__(self, vocab_size, dim, seed):
+    With subwords the input table has `input_rows` rows: the words', then the n-gram
+    buckets' (trainer/subwords.py), all started as word2vec starts word rows.
+    """
+
+    def __init__(self, vocab_size, dim, seed, input_rows=None):
         super().__init__()
-        init = tf.random.stateless_uniform([vocab_size, dim], [seed, 0], -0.5 / dim, 0.5 / dim)
+        rows = input_rows if input_rows is not None else vocab_size
+        init = tf.random.stateless_uniform([rows, dim], [seed, 0], -0.5 / dim, 0.5 / dim)
         aggregation = tf.VariableAggregation.ONLY_FIRST_REPLICA
         self.inputs = tf.Variable(init, name="input_vectors", aggregation=aggregation)
         self.outputs = tf.Variable(tf.zeros([vocab_size, dim]), name="output_vectors",
@@ -588,8 +685,11 @@ def run_fingerprint(config, corpus, kernel):
     size may not, as a resumed epoch skips the batches it trained, counted in batches.
     --update-tokens, --newton-cap and --sync-every-words may change too: they set how
     the rest is trained, and checkpoints of several fused workers are taken right after
-    an exchange, when every worker holds the same tables.
+    an exchange, when every worker holds the same tables. The model and its subword rule
+    may not (min_n, max_n and buckets are None without --subwords).
     """
+    spec = config.subword_spec()
+    rule = spec.as_dict() if spec is not None else {"min_n": None, "max_n": None, "buckets": None}
     vocab = "".join(f"{w}\t{c}\n" for w, c in zip(corpus.vocab, corpus.counts.tolist()))
     return {
         "corpus": {"directory": corpus.directory,
@@ -598,8 +698,13 @@ def run_fingerprint(config, corpus, kernel):
                    "vocab_size": len(corpus.vocab)},
         "parameters": {"dim": config.dim, "seed": config.seed, "epochs": config.epochs,
                        "negatives": config.negatives, "learning_rate": config.learning_rate,
+                       "model": config.model, "subwords": config.subwords, **rule,
                        **config.effective(corpus, kernel)},
     }
+
+
+# What checkpoints written before a parameter was fingerprinted were trained with.
+FINGERPRINT_DEFAULTS = {"model": "skipgram", "subwords": False, "min_n": None, "max_n": None, "buckets": None}
 
 
 def _corpus_text(corpus):
@@ -615,7 +720,7 @@ def fingerprint_differences(recorded, current):
         found.append(f"--corpus: they were trained on {_corpus_text(old_corpus)}, this run reads "
                      f"{_corpus_text(corpus)}")
     for name, value in current["parameters"].items():
-        old = recorded.get("parameters", {}).get(name)
+        old = recorded.get("parameters", {}).get(name, FINGERPRINT_DEFAULTS.get(name))
         if old != value:
             found.append(f"{TrainConfig.flag_of(name)}: theirs is {old}, this run's {value}")
     return found
@@ -656,9 +761,9 @@ class TrainState:
     Made under the strategy's scope; every replica holds the same values.
     """
 
-    def __init__(self, vocab_size, dim, seed):
+    def __init__(self, vocab_size, dim, seed, input_rows=None):
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA
-        self.model = SkipGram(vocab_size, dim, seed)
+        self.model = SkipGram(vocab_size, dim, seed, input_rows)
         self.words_done = tf.Variable(0.0, dtype=tf.float64, name="words_done", aggregation=first)
         self.step = tf.Variable(0, dtype=tf.int64, name="step", aggregation=first)
         self.epoch = tf.Variable(0, dtype=tf.int64, name="epoch", aggregation=first)
@@ -700,15 +805,35 @@ def diverged_error(config, ckpt_dir, what):
         f"published.")
 
 
-def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, sync=None, worker=0):
-    """The step of the fused kernel: every pair updates the vectors in place.
+def fused_op(config, table=None):
+    """The fused kernel's op of --model and --subwords, called as skipgram_step is.
 
-    One replica, or one of several workers each training its own tables (`sync`, a
-    exchange.TableSync, counts its words; `worker` keeps its noise draws its own).
+    Args:
+      table: with --subwords, the vocabulary's subword table (trainer.subwords.ngram_table).
     """
     from trainer import kernels  # pylint: disable=import-outside-toplevel
 
-    model = state.model
+    if table is not None:
+        table = tuple(tf.constant(t) for t in table)  # one constant, not one per trace
+    if config.model == "cbow":
+        return functools.partial(kernels.cbow_step, subwords=table)
+    if table is not None:
+        return functools.partial(kernels.subword_skipgram_step, subwords=table)
+    return kernels.skipgram_step
+
+
+def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, sync=None, worker=0,
+                    table=None):
+    """The step of the fused kernel: the batch updates the vectors in place.
+
+    One replica, or one of several workers each training its own tables (`sync`, a
+    exchange.TableSync, counts its words; `worker` keeps its noise draws its own). With
+    --model cbow the op counts centres where skip-gram's counts pairs; `table` is the
+    subword table of --subwords.
+    """
+    from trainer import kernels  # pylint: disable=import-outside-toplevel
+
+    model, op = state.model, fused_op(config, table)
     noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
     seed_base = tf.constant((np.int64(config.seed) << 32) + (np.int64(worker) << 48), tf.int64)
 
@@ -716,9 +841,8 @@ def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, 
         lr = state.learning_rate(config.learning_rate, total_words)
         # The loss costs a logarithm per update: it is measured on one step in loss_every.
         with_loss = tf.equal(state.step % loss_every, 0)
-        loss, pairs = kernels.skipgram_step(
-            model.inputs, model.outputs, batch["ids"], batch["rows"], batch["radius"], noise_prob,
-            noise_alias, lr, seed_base + state.step, with_loss, config.negatives)
+        loss, pairs = op(model.inputs, model.outputs, batch["ids"], batch["rows"], batch["radius"], noise_prob,
+                         noise_alias, lr, seed_base + state.step, with_loss, config.negatives)
         state.advance(batch["words"] if sync is None else sync.count(batch["words"]))
         return loss, lr, pairs, tf.where(with_loss, pairs, 0.0)
 
@@ -1140,8 +1264,9 @@ def worker_position(strategy):
     return index, chiefs + workers
 
 
-def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_dir):
-    """The epoch loop of this kernel and strategy, its step built."""
+def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_dir, table=None):
+    """The epoch loop of this kernel and strategy, its step built (`table`: the subword
+    table of --subwords)."""
     total_words = float(config.epochs) * corpus.total_words
     replicas, batch_size = strategy.num_replicas_in_sync, effective["batch_size"]
     # A short training (the bundled sample: ~200 steps) still gets _CURVE_POINTS points of
@@ -1159,7 +1284,7 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
         return EpochLoop(*common, steps, meter, steps_per_call, steps.step_bytes)
     loss_every = max(1, min(_LOSS_EVERY, expected_steps // (4 * _CURVE_POINTS)))
     if replicas == 1:
-        replica_step = make_fused_step(state, config, corpus, total_words, loss_every)
+        replica_step = make_fused_step(state, config, corpus, total_words, loss_every, table=table)
         return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call)
     worker = worker_position(strategy)
     # Exchanges come after a number of steps the same for every worker (a step is as many
@@ -1169,7 +1294,7 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
     steps_per_part = max(1, round(config.sync_every_words / exchange.HOT_EXCHANGES / words_per_step))
     sync = exchange.TableSync(strategy, [state.model.inputs, state.model.outputs], state.words_done,
                               replicas, step_device(strategy))
-    replica_step = make_fused_step(state, config, corpus, total_words, loss_every, sync, worker[0])
+    replica_step = make_fused_step(state, config, corpus, total_words, loss_every, sync, worker[0], table)
     # Local steps: the default strategy (outside any scope) runs them in this process alone.
     local_steps = make_train_steps(tf.distribute.get_strategy(), replica_step)
     return SyncedEpochLoop(*common, local_steps, meter, steps_per_call, sync=sync, worker=worker,
@@ -1187,27 +1312,30 @@ def train(config):
 
     Raises:
       ValueError: the checkpoints beside the output belong to another run; a window
-        shard is damaged; training diverged (a loss or vectors not finite).
+        shard is damaged; training diverged (a loss or vectors not finite); --model cbow
+        or --subwords where only the tf kernel runs.
     """
-    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
-
     corpus = load_corpus(config.corpus)
     strategy = choose_strategy(config.strategy, config.tpu)
-    kernel = resolve_kernel(config.kernel, strategy)
+    kernel = resolve_kernel(config.kernel, strategy, config)
     effective = config.effective(corpus, kernel)
-    logging.info("train: %d words in vocabulary, %d corpus words, strategy %s with %d replica(s), "
-                 "%s kernel, %d tokens a step", len(corpus.vocab), corpus.total_words,
-                 type(strategy).__name__, strategy.num_replicas_in_sync, kernel, effective["batch_size"])
+    spec = config.subword_spec()
+    logging.info("train: %s%s, %d words in vocabulary, %d corpus words, strategy %s with %d replica(s), "
+                 "%s kernel, %d tokens a step", config.model, " with subwords" if spec is not None else "",
+                 len(corpus.vocab), corpus.total_words, type(strategy).__name__,
+                 strategy.num_replicas_in_sync, kernel, effective["batch_size"])
+    table = ngram_table(corpus.vocab, *spec) if spec is not None else None
+    input_rows = len(corpus.vocab) + spec.buckets if spec is not None else None
     if kernel == "fused" and strategy.num_replicas_in_sync > 1:
-        state = TrainState(len(corpus.vocab), config.dim, config.seed)  # this worker's own tables
+        state = TrainState(len(corpus.vocab), config.dim, config.seed, input_rows)  # this worker's own tables
     else:
         with strategy.scope():
-            state = TrainState(len(corpus.vocab), config.dim, config.seed)
+            state = TrainState(len(corpus.vocab), config.dim, config.seed, input_rows)
     if config.init_from:
         warm_start(state.model, corpus.vocab, config.init_from)  # a checkpoint, if any, wins below
     ckpt_dir = checkpoint_dir(config.output, strategy)
     manager = restore_or_start(state, ckpt_dir, run_fingerprint(config, corpus, kernel))
-    loop = make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_dir)
+    loop = make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_dir, table)
     try:
         with main.cooperating():
             loop.run()
@@ -1220,7 +1348,25 @@ def train(config):
     stats["tables_sha256"] = state.tables_sha256()  # equal on every worker, as the tables are
     if kernel == "tf" and len(local_devices(strategy)) > 1:  # several copies in this process
         stats["replica_max_difference"] = replica_difference(strategy, state)
-    return WordVectors(corpus.vocab, state.model.inputs.numpy(), corpus.counts), stats, corpus
+    return trained_vectors(corpus, state.model.inputs.numpy(), spec, table), stats, corpus
+
+
+def trained_vectors(corpus, inputs, spec=None, table=None):
+    """The WordVectors of a trained input table: its rows, or with subwords (`spec`, `table`)
+    every word's composed vector, the mean of its subword rows (as fastText exports them),
+    and the n-gram rows after the words'."""
+    from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
+
+    vocab_size = len(corpus.vocab)
+    if spec is None:
+        return WordVectors(corpus.vocab, inputs, corpus.counts)
+    composed = np.empty((vocab_size, inputs.shape[1]), np.float32)
+    for start in range(0, vocab_size, 4096):  # a few words at a time: their rows, gathered, are large
+        stop = min(start + 4096, vocab_size)
+        first, last = table.offsets[start], table.offsets[stop]
+        sums = np.add.reduceat(inputs[table.rows[first:last]], table.offsets[start:stop] - first, axis=0)
+        composed[start:stop] = sums / np.diff(table.offsets[start:stop + 1])[:, None]
+    return WordVectors(corpus.vocab, composed, corpus.counts, spec, inputs[vocab_size:])
 
 
 def meter_stats(loop, strategy, kernel, batch_size):
@@ -1236,31 +1382,71 @@ def meter_stats(loop, strategy, kernel, batch_size):
 
 
 class EmbeddingServer(tf.Module):
-    """Raw strings -> token ids through the corpus transform_fn -> vectors."""
+    """Raw strings -> token ids through the corpus transform_fn -> vectors.
+
+    With subwords, a token outside the vocabulary gets the mean of its n-gram rows,
+    hashed in the graph as training hashed them (`trainer.subwords.ngram_buckets_tf`):
+    its string comes from the tokenizer itself (pipelines/tokenize.py), run beside the
+    transform_fn, which yields only ids.
+    """
 
     def __init__(self, transform_output_dir, vectors):
         super().__init__()
         self.tft_layer, _ = tokens.transform_layer(transform_output_dir)
-        self.table = tf.Variable(np.concatenate([vectors, np.zeros((1, vectors.shape[1]), np.float32)]),
+        rows = vectors.vectors
+        self.table = tf.Variable(np.concatenate([rows, np.zeros((1, rows.shape[1]), np.float32)]),
                                  trainable=False, name="vectors_with_oov_row")
-        self.vocab_size = vectors.shape[0]
+        self.vocab_size = rows.shape[0]
+        self.subwords = vectors.subwords is not None
+        if self.subwords:
+            # Plain ints: tf.Module would wrap a tuple attribute.
+            self.min_n, self.max_n, self.buckets = (int(x) for x in vectors.subwords)
+            self.ngram_vectors = tf.Variable(vectors.ngram_vectors, trainable=False, name="ngram_vectors")
+
+    def ngram_means(self, words):
+        """The mean of each word's n-gram rows ([M] strings -> [M, dim]), and whether it has one."""
+        buckets = ngram_buckets_tf(words, SubwordSpec(self.min_n, self.max_n, self.buckets))
+        sums = tf.math.unsorted_segment_sum(tf.gather(self.ngram_vectors, buckets.flat_values),
+                                            buckets.value_rowids(), tf.shape(words)[0])
+        counts = buckets.row_lengths()
+        return sums / tf.cast(tf.maximum(counts, 1), tf.float32)[:, None], counts > 0
+
+    def token_vectors(self, text, ids):
+        """The flat tokens' vectors [T, dim] and whether each has one [T]."""
+        flat = ids.flat_values
+        known = flat < self.vocab_size
+        vecs = tf.gather(self.table, tf.where(known, flat, tf.cast(self.vocab_size, tf.int64)))
+        if not self.subwords:
+            return vecs, known
+        from pipelines.tokenize import tokenize  # pylint: disable=import-outside-toplevel
+
+        words = tokenize(text)
+        tf.debugging.assert_equal(words.row_lengths(), ids.row_lengths(), message=(
+            "the corpus job's transform_fn and pipelines/tokenize.py split this text differently: "
+            "export the vectors again with the code that wrote the corpus"))
+        unknown = tf.where(~known)
+        means, found = self.ngram_means(tf.gather_nd(words.flat_values, unknown))
+        return (tf.tensor_scatter_nd_update(vecs, unknown, means),
+                tf.tensor_scatter_nd_update(known, unknown, found))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=schema.SERVING_INPUT)])
     def serve(self, text):
-        padded = tokens.ragged_ids(self.tft_layer, text).to_tensor(default_value=-1)
-        mask = tf.logical_and(padded >= 0, padded < self.vocab_size)
-        safe = tf.where(mask, padded, tf.cast(self.vocab_size, tf.int64))
-        vecs = tf.gather(self.table, safe) * tf.cast(mask, tf.float32)[:, :, None]
+        ids = tokens.ragged_ids(self.tft_layer, text)
+        flat_vecs, flat_mask = self.token_vectors(text, ids)
+        mask = ids.with_flat_values(flat_mask).to_tensor(default_value=False)
+        vecs = ids.with_flat_values(flat_vecs * tf.cast(flat_mask, tf.float32)[:, None]).to_tensor()
         count = tf.reduce_sum(tf.cast(mask, tf.float32), axis=1, keepdims=True)
         mean = tf.reduce_sum(vecs, axis=1) / tf.maximum(count, 1.0)
         return {schema.SERVING_VECTORS: vecs, schema.SERVING_MASK: mask, schema.SERVING_MEAN: mean,
-                schema.SERVING_TOKEN_IDS: padded}
+                schema.SERVING_TOKEN_IDS: ids.to_tensor(default_value=-1)}
 
 
 def export(vectors, corpus_dir, out_dir):
-    """Writes every export of the embeddings into `out_dir`."""
+    """Writes every export of the embeddings into `out_dir` (see jobs/train.py)."""
     vectors.save(out_dir)
     vectors.save_word2vec_format(outputs.join(out_dir, schema.WORD2VEC_TXT))
+    formats.write_vectors(outputs.join(out_dir, schema.WORD2VEC_BIN), vectors.index_to_key, vectors.vectors,
+                          "word2vec-binary")
     if not outputs.is_remote(out_dir):
         os.makedirs(os.path.join(out_dir, "projector"), exist_ok=True)
     outputs.write_text(outputs.join(out_dir, schema.PROJECTOR_VECTORS_TSV),
@@ -1268,6 +1454,6 @@ def export(vectors, corpus_dir, out_dir):
     outputs.write_text(outputs.join(out_dir, schema.PROJECTOR_METADATA_TSV),
                          "word\tcount\n" + "".join(f"{w}\t{c}\n" for w, c in zip(vectors.index_to_key,
                                                                                  vectors.counts)))
-    server = EmbeddingServer(corpus_dir, vectors.vectors)
+    server = EmbeddingServer(corpus_dir, vectors)
     tf.saved_model.save(server, outputs.join(out_dir, schema.SAVED_MODEL_DIR),
                         signatures={"serving_default": server.serve})

@@ -19,7 +19,12 @@ gensim's FastText, which copies it).
 
 A word's input vector is the mean of its subword rows: its own row, then its n-gram
 rows (`ngram_table` lists them for the kernels in trainer/kernels). A word outside the
-vocabulary has only its n-gram rows (`ngram_rows`).
+vocabulary has only its n-gram rows (`ngram_rows`), so its vector is their mean, as
+fastText's; a word too short for any n-gram (only with min_n > its length + 2) has none.
+
+`ngram_buckets_tf` is the same rule as TensorFlow ops, for the SavedModel that serves
+raw strings (trainer/skipgram.py): it gives the same buckets as `ngram_buckets` (tested
+on ASCII and non-ASCII words), in another order (by length, then start).
 """
 
 from typing import NamedTuple
@@ -29,6 +34,22 @@ import numpy as np
 FNV_OFFSET = 2166136261
 FNV_PRIME = 16777619
 _MASK = 0xFFFFFFFF
+
+
+class SubwordSpec(NamedTuple):
+    """fastText's -minn, -maxn, -bucket: which n-grams a word has and where they hash."""
+
+    min_n: int = 3
+    max_n: int = 6
+    buckets: int = 2_000_000
+
+    def check(self):
+        """Raises a ValueError naming the flag unless the three make a valid rule."""
+        _check(self.min_n, self.max_n, self.buckets)
+        return self
+
+    def as_dict(self):
+        return {"min_n": self.min_n, "max_n": self.max_n, "buckets": self.buckets}
 
 
 class SubwordTable(NamedTuple):
@@ -102,3 +123,69 @@ def ngram_table(vocab, min_n=3, max_n=6, buckets=2_000_000):
     np.cumsum([len(rows) for rows in lists], out=offsets[1:])
     rows = np.fromiter((r for rows in lists for r in rows), np.int32, count=int(offsets[-1]))
     return SubwordTable(offsets, rows)
+
+
+def ngram_means(words, spec, ngram_vectors):
+    """The vector of each string from its n-gram rows alone (a word outside the vocabulary).
+
+    Args:
+      words: strings.
+      spec: SubwordSpec.
+      ngram_vectors: float32 [buckets, dim], row b is bucket b.
+
+    Returns:
+      (float32 [len(words), dim] the means, bool [len(words)] whether the word has an n-gram;
+      a word without one gets zeros).
+    """
+    means = np.zeros((len(words), ngram_vectors.shape[1]), np.float32)
+    found = np.zeros(len(words), bool)
+    for i, word in enumerate(words):
+        found_buckets = ngram_buckets(word, *spec)
+        if found_buckets:
+            means[i] = ngram_vectors[found_buckets].mean(axis=0)
+            found[i] = True
+    return means, found
+
+
+def fasttext_hash_tf(data, max_bytes):
+    """`fasttext_hash` of every string of a 1-D string tensor, as int64 in [0, 2^32).
+
+    Args:
+      data: string tensor [M], each at most `max_bytes` bytes.
+      max_bytes: a static bound on their length (bytes past it are not hashed).
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    raw = tf.cast(tf.io.decode_raw(data, tf.uint8, fixed_length=max_bytes), tf.int64)  # zero-padded
+    lengths = tf.cast(tf.strings.length(data), tf.int64)
+    h = tf.fill(tf.shape(data), tf.constant(FNV_OFFSET, tf.int64))
+    for j in range(max_bytes):
+        byte = raw[:, j]
+        signed = tf.where(byte >= 0x80, tf.bitwise.bitwise_or(byte, 0xFFFFFF00), byte)  # C's signed char
+        step = tf.bitwise.bitwise_and(tf.bitwise.bitwise_xor(h, signed) * FNV_PRIME, _MASK)
+        h = tf.where(j < lengths, step, h)
+    return h
+
+
+def ngram_buckets_tf(words, spec):
+    """The buckets of the n-grams of each string of a 1-D string tensor, as TensorFlow ops.
+
+    Args:
+      words: string tensor [N] (UTF-8).
+      spec: SubwordSpec.
+
+    Returns:
+      int64 RaggedTensor [N, None]: for each word the buckets `ngram_buckets` gives, ordered
+      by n-gram length, then start.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    min_n, max_n, buckets = spec.check()
+    chars = tf.strings.unicode_split("<" + words + ">", "UTF-8")  # [N, code points + 2]
+    grams = []
+    for n in range(min_n, max_n + 1):
+        source = chars[:, 1:-1] if n == 1 else chars  # the lone marks are never n-grams
+        grams.append(tf.strings.ngrams(source, n, separator="", preserve_short_sequences=False))
+    grams = tf.concat(grams, axis=1)
+    # A code point takes at most 4 UTF-8 bytes.
+    return grams.with_flat_values(fasttext_hash_tf(grams.flat_values, 4 * max_n) % buckets)
