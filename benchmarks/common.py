@@ -105,3 +105,12 @@ def evaluate_vectors(vectors, data):
                                [os.path.join(data, "eval", "wordsim353.tsv")])
     sim = result["similarity"]["wordsim353.tsv"]
     return result["analogies"]["accuracy"], result["analogies"]["coverage"], sim["spearman"], sim["covered"]
+
+
+def parse_choices(parser, flag, value, choices):
+    """The comma-separated `value` of `flag` as a list, each one of `choices`, else a usage error."""
+    chosen = value.split(",")
+    unknown = sorted(set(chosen) - set(choices))
+    if unknown:
+        parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(choices)}")
+    return chosen

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import SHARED_DATA, print_table
+from benchmarks.common import SHARED_DATA, parse_choices, print_table
 
 OPS = ("skipgram-exact", "skipgram-fast", "cbow", "skipgram-subwords", "cbow-subwords")
 WINDOW, SAMPLE, BATCH, NEGATIVES, LEARNING_RATE, MAX_SPAN = 5, 1e-3, 16384, 5, 0.025, 1000
@@ -176,10 +176,7 @@ def main(argv=None):
     parser.add_argument("--buckets", type=int, default=2_000_000, help="n-gram rows with subwords")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, of {', '.join(OPS)}")
     args = parser.parse_args(argv)
-    ops = args.ops.split(",")
-    unknown = sorted(set(ops) - set(OPS))
-    if unknown:
-        parser.error(f"--ops: unknown {', '.join(unknown)}; choose from {', '.join(OPS)}")
+    ops = parse_choices(parser, "--ops", args.ops, OPS)
     start = time.time()
     if args.corpus:
         stream, source = corpus_stream(args.corpus, args.words), args.corpus

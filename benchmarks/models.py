@@ -40,7 +40,7 @@ import tempfile
 import numpy as np
 
 from benchmarks import common
-from benchmarks.common import SHARED_DATA, print_table, run_measured
+from benchmarks.common import SHARED_DATA, parse_choices, print_table, run_measured
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # row: (embedflow train flags, gensim class name, gensim parameters of the model)
@@ -143,10 +143,7 @@ def main(argv=None):
     parser.add_argument("--buckets", type=int, default=2_000_000, help="n-gram buckets of the subwords row")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     args = parser.parse_args(argv)
-    rows = args.rows.split(",")
-    unknown = sorted(set(rows) - set(ROWS))
-    if unknown:
-        parser.error(f"--rows: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
+    rows = parse_choices(parser, "--rows", args.rows, ROWS)
     # Absolute paths: the jobs run as modules of this checkout, from its root.
     args.data = os.path.abspath(args.data)
     work = os.path.abspath(args.work or tempfile.mkdtemp(prefix="embedflow-bench-models-"))

@@ -19,9 +19,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIGITS = os.path.join(REPO, "sample", "digits", "optdigits", "optdigits-orig.tes.gz")
 
 
-def _tiny_config(root):
-    """A config whose whole chain runs in well under a minute."""
-    text = fixtures.write(str(root / "in" / "topics.txt"), fixtures.topic_corpus(sentences=400))
+def tiny_eval_inputs(root):
+    """Writes the analogy, similarity and polarity inputs of a tiny run under root/in.
+
+    Returns:
+      (analogies file, similarity file, polarity directory).
+    """
     analogies = fixtures.write(str(root / "in" / "analogies.txt"),
                                ": topics\ncat dog red green\nred blue hammer saw\nhammer saw cat cow\n")
     similarity = fixtures.write(str(root / "in" / "sim.tsv"), "cat\tdog\t9\ncat\thammer\t1\nred\tblue\t8\n")
@@ -31,6 +34,13 @@ def _tiny_config(root):
                    "".join(" ".join(rng.choice(animals + ["the"], 8)) + "\n" for _ in range(150)))
     fixtures.write(str(root / "in" / "polarity" / "tiny.neg"),
                    "".join(" ".join(rng.choice(tools + ["the"], 8)) + "\n" for _ in range(150)))
+    return analogies, similarity, str(root / "in" / "polarity")
+
+
+def _tiny_config(root):
+    """A config whose whole chain runs in well under a minute."""
+    text = fixtures.write(str(root / "in" / "topics.txt"), fixtures.topic_corpus(sentences=400))
+    analogies, similarity, _ = tiny_eval_inputs(root)
     config = {
         "inputs": {"corpus": [text], "corpus_format": "text", "analogies": analogies, "similarity": [similarity],
                    "digits": [DIGITS], "digits_eval": [], "sentiment": [str(root / "in" / "polarity")]},

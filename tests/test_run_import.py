@@ -14,6 +14,7 @@ from embedflow import cli
 from embedflow import report as run_report
 from embedflow import run as chain_run
 from tests import fixtures
+from tests.test_run import tiny_eval_inputs
 from trainer.formats import write_vectors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,16 +44,8 @@ def write_topic_vectors(path, seed=0, extra=()):
 
 def _config(root, vectors):
     """Inputs whose stages finish in seconds; inputs.corpus matches nothing: it must not be read."""
-    analogies = fixtures.write(str(root / "in" / "analogies.txt"),
-                               ": topics\ncat dog red green\nred blue hammer saw\nhammer saw cat cow\n")
-    similarity = fixtures.write(str(root / "in" / "sim.tsv"), "cat\tdog\t9\ncat\thammer\t1\nred\tblue\t8\n")
+    analogies, similarity, _ = tiny_eval_inputs(root)
     coverage = fixtures.write(str(root / "in" / "coverage.txt"), "The cat and the zebra!\n")
-    rng = np.random.default_rng(0)
-    animals, tools = fixtures.TOPICS["animals"], fixtures.TOPICS["tools"]
-    fixtures.write(str(root / "in" / "polarity" / "tiny.pos"),
-                   "".join(" ".join(rng.choice(animals + ["the"], 8)) + "\n" for _ in range(150)))
-    fixtures.write(str(root / "in" / "polarity" / "tiny.neg"),
-                   "".join(" ".join(rng.choice(tools + ["the"], 8)) + "\n" for _ in range(150)))
     config = {
         "inputs": {"corpus": [str(root / "no-corpus-*.txt")], "pretrained_vectors": vectors,
                    "pretrained_format": "word2vec", "pretrained_coverage_text": coverage,
