@@ -7,6 +7,37 @@ way everywhere and the tf.Transform specifics live in one place.
 
 from schemas import corpus as corpus_schema
 
+_WORD = r"\p{L}\p{M}\p{N}"
+# Placeholders that protect '.' and ',' between digits while punctuation is removed.
+_DOT, _COMMA = "\x01", "\x02"
+
+
+def tokenize(text):
+    """Splits a batch of strings into tokens, by the rules in pipelines/tokenize.py's docstring.
+
+    It lives here, below both, because the corpus job's preprocessing_fn and the trainer's
+    SavedModel (the strings of unseen tokens, for their subword vectors) both run it.
+
+    Args:
+      text: string `Tensor` of shape [batch] (UTF-8).
+
+    Returns:
+      `RaggedTensor` of strings, shape [batch, None].
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    s = tf.strings.lower(text, encoding="utf-8")
+    s = tf.strings.regex_replace(s, "[’‘ʼ]", "'")
+    # Two passes: a match consumes the digit after the separator, so "1,2,3" needs both.
+    for _ in range(2):
+        s = tf.strings.regex_replace(s, r"(\p{N})\.(\p{N})", "\\1" + _DOT + "\\2")
+        s = tf.strings.regex_replace(s, r"(\p{N}),(\p{N})", "\\1" + _COMMA + "\\2")
+    s = tf.strings.regex_replace(s, f"[^{_WORD}'{_DOT}{_COMMA}]+", " ")
+    s = tf.strings.regex_replace(s, "(^| )'+|'+( |$)", " ")
+    s = tf.strings.regex_replace(s, _DOT, ".")
+    s = tf.strings.regex_replace(s, _COMMA, ",")
+    return tf.strings.split(s)
+
 
 def transform_layer(corpus_dir):
     """(the transform_fn as a Keras layer, the OOV id == the vocabulary size)."""

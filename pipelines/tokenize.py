@@ -22,37 +22,10 @@ Every token outside the vocabulary maps to the single out-of-vocabulary id
 `vocab_size` (one OOV bucket after the vocabulary).
 """
 
-import tensorflow as tf
 import tensorflow_transform as tft
 
+from core.tokens import tokenize  # noqa: F401  (the rules above; also what the trainer's SavedModel runs)
 from schemas import corpus as schema
-
-_WORD = r"\p{L}\p{M}\p{N}"
-# Placeholders that protect '.' and ',' between digits while punctuation is removed.
-_DOT, _COMMA = "\x01", "\x02"
-
-
-def tokenize(text):
-    """Splits a batch of strings into tokens.
-
-    Args:
-      text: string `Tensor` of shape [batch] (UTF-8).
-
-    Returns:
-      `RaggedTensor` of strings, shape [batch, None].
-    """
-    s = tf.strings.lower(text, encoding="utf-8")
-    s = tf.strings.regex_replace(s, "[’‘ʼ]", "'")
-    # Two passes: a match consumes the digit after the separator, so "1,2,3" needs both.
-    for _ in range(2):
-        s = tf.strings.regex_replace(s, r"(\p{N})\.(\p{N})", "\\1" + _DOT + "\\2")
-        s = tf.strings.regex_replace(s, r"(\p{N}),(\p{N})", "\\1" + _COMMA + "\\2")
-    s = tf.strings.regex_replace(s, f"[^{_WORD}'{_DOT}{_COMMA}]+", " ")
-    s = tf.strings.regex_replace(s, "(^| )'+|'+( |$)", " ")
-    s = tf.strings.regex_replace(s, _DOT, ".")
-    s = tf.strings.regex_replace(s, _COMMA, ",")
-    return tf.strings.split(s)
-
 
 def make_preprocessing_fn(min_count):
     """Returns the corpus job's preprocessing_fn.

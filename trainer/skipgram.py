@@ -1386,7 +1386,7 @@ class EmbeddingServer(tf.Module):
 
     With subwords, a token outside the vocabulary gets the mean of its n-gram rows,
     hashed in the graph as training hashed them (`trainer.subwords.ngram_buckets_tf`):
-    its string comes from the tokenizer itself (pipelines/tokenize.py), run beside the
+    its string comes from the tokenizer itself (core/tokens.py `tokenize`), run beside the
     transform_fn, which yields only ids.
     """
 
@@ -1418,11 +1418,9 @@ class EmbeddingServer(tf.Module):
         vecs = tf.gather(self.table, tf.where(known, flat, tf.cast(self.vocab_size, tf.int64)))
         if not self.subwords:
             return vecs, known
-        from pipelines.tokenize import tokenize  # pylint: disable=import-outside-toplevel
-
-        words = tokenize(text)
+        words = tokens.tokenize(text)
         tf.debugging.assert_equal(words.row_lengths(), ids.row_lengths(), message=(
-            "the corpus job's transform_fn and pipelines/tokenize.py split this text differently: "
+            "the corpus job's transform_fn and core/tokens.py split this text differently: "
             "export the vectors again with the code that wrote the corpus"))
         unknown = tf.where(~known)
         means, found = self.ngram_means(tf.gather_nd(words.flat_values, unknown))
