@@ -45,9 +45,21 @@ def _predict(h, w_out, target, noise_word, negatives, lr, grad):
     return loss
 
 
+def _predict_together(h, w_out, targets, labels, weights, lr, grad):
+    """h against all its targets at once: every term from the rows before the update,
+    term c counted weights[c] times; a repeated row gets each of its updates."""
+    x = np.clip(w_out[targets] @ h, -30, 30)
+    g = (np.asarray(labels) - 1 / (1 + np.exp(-x))) * lr * np.asarray(weights)
+    loss = float(np.sum(np.asarray(weights) * np.where(labels, np.log1p(np.exp(-x)), np.log1p(np.exp(x)))))
+    grad += g @ w_out[targets]
+    np.add.at(w_out, targets, np.outer(g, h).astype(np.float32))
+    return loss
+
+
 def _reference_cbow(w_in, w_out, lr, negatives, table=None):
     """word2vec's CBOW (cbow_mean=1); with a table fastText's: h is the mean of all the
-    rows of all the contexts, and its gradient is added whole to each of them."""
+    rows of all the contexts, and its gradient is added whole to each of them. The
+    centre's output row and its noise words' are updated together."""
     loss = centres = 0.0
     for i, centre in enumerate(IDS):
         ctx = _contexts(IDS, ROWS, i, RADIUS[i])
@@ -55,15 +67,17 @@ def _reference_cbow(w_in, w_out, lr, negatives, table=None):
             continue
         bag = [row for j in ctx for row in (table[IDS[j]] if table else [IDS[j]])]
         h, grad = w_in[bag].mean(axis=0), np.zeros(w_in.shape[1])
-        loss += _predict(h, w_out, centre, NOISE_WORD, negatives, lr, grad)
+        noise = [NOISE_WORD] * negatives if NOISE_WORD != centre else []
+        loss += _predict_together(h, w_out, [centre] + noise, [1] + [0] * len(noise), [1] * (1 + len(noise)),
+                                  lr, grad)
         np.add.at(w_in, bag, grad.astype(np.float32))  # a repeated row gets it each time
         centres += 1
     return loss, centres
 
 
 def _reference_subword_skipgram(w_in, w_out, lr, negatives, table):
-    """fastText's skip-gram, the centre's vector composed once and its gradient applied
-    after all its pairs."""
+    """fastText's skip-gram with noise words drawn per pair, the centre's vector composed
+    once and its gradient applied after all its pairs."""
     loss = pairs = 0.0
     for i, centre in enumerate(IDS):
         ctx = _contexts(IDS, ROWS, i, RADIUS[i])
@@ -73,6 +87,30 @@ def _reference_subword_skipgram(w_in, w_out, lr, negatives, table):
         h, grad = w_in[bag].mean(axis=0), np.zeros(w_in.shape[1])
         for j in ctx:
             loss += _predict(h, w_out, IDS[j], NOISE_WORD, negatives, lr, grad)
+        np.add.at(w_in, bag, grad.astype(np.float32))
+        pairs += len(ctx)
+    return loss, pairs
+
+
+def _reference_subword_skipgram_shared(w_in, w_out, lr, negatives, table, group=3):
+    """The same with HogBatch's sharing: noise words drawn once for each `group` of the
+    centre's pairs, each counted once per pair of its group whose context is not that
+    word; all output rows updated together."""
+    loss = pairs = 0.0
+    for i, centre in enumerate(IDS):
+        ctx = _contexts(IDS, ROWS, i, RADIUS[i])
+        if not ctx:
+            continue
+        bag, targets = table[centre], [int(IDS[j]) for j in ctx]
+        noise, weights = [], []
+        for g in range(0, len(targets), group):
+            stands_for = sum(t != NOISE_WORD for t in targets[g:g + group])
+            if stands_for:
+                noise += [NOISE_WORD] * negatives
+                weights += [stands_for] * negatives
+        h, grad = w_in[bag].mean(axis=0), np.zeros(w_in.shape[1])
+        loss += _predict_together(h, w_out, targets + noise, [1] * len(targets) + [0] * len(noise),
+                                  [1] * len(targets) + weights, lr, grad)
         np.add.at(w_in, bag, grad.astype(np.float32))
         pairs += len(ctx)
     return loss, pairs
@@ -112,10 +150,23 @@ def test_cbow_with_subwords_matches_fasttexts_update():
     assert not np.allclose(w_in[6:], _tables(10, seed=10)[0][6:])  # the n-gram rows learnt
 
 
+def _subword_skipgram_pairs(*args):
+    return kernels.subword_skipgram_step(*args, shared_negatives=False)
+
+
 def test_subword_skipgram_matches_fasttexts_update_per_centre():
     # Pairs: 2+2+4+2+2 | 1+1 | - | 1+1 | 2+2+2.
-    w_in = _check(kernels.subword_skipgram_step, _reference_subword_skipgram, 10, TABLE, expected_count=22)
+    w_in = _check(_subword_skipgram_pairs, _reference_subword_skipgram, 10, TABLE, expected_count=22)
     assert not np.allclose(w_in[6:], _tables(10, seed=10)[0][6:])
+
+
+def test_subword_skipgram_shares_each_centres_noise_words_by_default():
+    # Word 5, all the noise, is a context of the centres at positions 2 and 4 (run 0):
+    # there a noise word stands for one pair fewer than its group has. (With one noise
+    # word the group size cannot show: the groups' weights add up to the same update.)
+    w_in = _check(kernels.subword_skipgram_step, _reference_subword_skipgram_shared, 10, TABLE, expected_count=22)
+    pairs_in = _check(_subword_skipgram_pairs, _reference_subword_skipgram, 10, TABLE, expected_count=22)
+    assert np.abs(w_in - pairs_in).max() > 1e-3  # not the pair-by-pair update
 
 
 @pytest.mark.parametrize("op", ["cbow", "subword_skipgram"])

@@ -110,6 +110,10 @@ _LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many (
 _CURVE_POINTS = 40  # the loss curve gets a point every 1/40 of the training, at least
 _LOG_EVERY_SECONDS = 10.0
 _RECORDS_PER_READ = 64  # window records read (and drawn for) together; shapes the draws
+# The fused kernel keeps a corpus whose token ids take up to this much memory parsed in
+# memory across epochs (8 bytes a token: 268M tokens): reading and parsing the window
+# files again every epoch would cost it about a third of its time.
+_CACHE_BYTES = 2 << 30
 
 
 class TrainConfig(Params):
@@ -372,7 +376,61 @@ def context_masks(rows, radius, window):
     return masks
 
 
-def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noise=True):
+def _read_seed(config, epoch):
+    return np.int64(config.seed) * 1_000_003 + epoch * 7919
+
+
+def corpus_reads(corpus, config, epoch, input_context=None):
+    """The window records of this input pipeline's shards, `_RECORDS_PER_READ` at a time,
+    parsed: dicts of "ids" int32 [n] and "records" int32 [n] (each token's record in its
+    read), in the order of `epoch` (its file order and record shuffle)."""
+    base = _read_seed(config, epoch)
+    files = tf.data.Dataset.from_tensor_slices(corpus.window_files)
+    if input_context is not None and input_context.num_input_pipelines > 1:
+        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    files = files.shuffle(len(corpus.window_files), seed=int(base % (2**31)), reshuffle_each_iteration=False)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=16,
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = records.shuffle(4096, seed=int((base + 1) % (2**31)), reshuffle_each_iteration=False)
+
+    def parse(serialized):
+        sparse = tf.io.parse_example(serialized, corpus_schema.WINDOWS_FEATURE_SPEC)[corpus_schema.TOKEN_IDS_KEY]
+        return {"ids": tf.cast(sparse.values, tf.int32), "records": tf.cast(sparse.indices[:, 0], tf.int32)}
+
+    return records.batch(_RECORDS_PER_READ).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class CachedReads:
+    """The corpus's parsed reads kept in memory across epochs, one copy per input pipeline.
+
+    The first epoch reads the window files in the order of epoch 0 and keeps what it
+    parsed; every epoch after shuffles those reads whole (a read's records stay together).
+    """
+
+    def __init__(self, corpus, config):
+        self.corpus, self.config, self._reads = corpus, config, {}
+
+    @staticmethod
+    def fits(corpus):
+        """Whether the corpus's parsed ids fit the memory budget (_CACHE_BYTES)."""
+        return corpus.total_words * 8 <= _CACHE_BYTES
+
+    def __call__(self, epoch, input_context=None):
+        key = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
+        if key not in self._reads:
+            self._reads[key] = corpus_reads(self.corpus, self.config, 0, input_context).cache()
+        reads = self._reads[key]
+        if epoch == 0:
+            return reads
+        # A buffer of at least as many entries as there are reads: a full shuffle, of
+        # references to the cached tensors. (An unbounded one is allocated whole.)
+        records = self.corpus.info.get("counts", {}).get("window_records") or self.corpus.total_words
+        return reads.shuffle(records // _RECORDS_PER_READ + len(self.corpus.window_files) + 1,
+                             seed=int((_read_seed(self.config, epoch) + 3) % (2**31)),
+                             reshuffle_each_iteration=False)
+
+
+def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noise=True, reads=None):
     """One epoch of training batches: runs of kept tokens, with their draws.
 
     Each element is a dict of `batch_size` centre tokens (the last may be shorter):
@@ -384,7 +442,8 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
       for the learning-rate schedule and words/s).
     Every centre is paired with each context its radius reaches inside its run; pairs
     are formed by shifting the batch (so contexts cost no extra lookup), which is why
-    runs are kept whole and in order within a batch.
+    runs are kept whole and in order within a batch. `reads`: a CachedReads to take the
+    parsed records from, else they are read from the window files.
     """
     window = config.window if config.window is not None else corpus.window
     sample = config.sample if config.sample is not None else corpus.sample
@@ -392,20 +451,11 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
     cdf = tf.constant(noise_cdf(corpus.counts)) if noise else None  # the fused kernel draws its own
     batch_size = batch_size or config.batch_size or DEFAULT_BATCH["tf"]
     negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), _RECORDS_PER_READ
-    base = np.int64(config.seed) * 1_000_003 + epoch * 7919
+    base = _read_seed(config, epoch)
+    parsed = reads(epoch, input_context) if reads is not None else corpus_reads(corpus, config, epoch, input_context)
 
-    files = tf.data.Dataset.from_tensor_slices(corpus.window_files)
-    if input_context is not None and input_context.num_input_pipelines > 1:
-        files = files.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    files = files.shuffle(len(corpus.window_files), seed=int(base % (2**31)), reshuffle_each_iteration=False)
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=4, block_length=16,
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    records = records.shuffle(4096, seed=int((base + 1) % (2**31)), reshuffle_each_iteration=False)
-
-    def draw(index, serialized):
-        parsed = tf.io.parse_example(serialized, corpus_schema.WINDOWS_FEATURE_SPEC)
-        sparse = parsed[corpus_schema.TOKEN_IDS_KEY]
-        ids, rows = sparse.values, sparse.indices[:, 0] + index * per_read
+    def draw(index, read):
+        ids, rows = tf.cast(read["ids"], tf.int64), tf.cast(read["records"], tf.int64) + index * per_read
         seed = tf.stack([tf.constant(base, tf.int64), index])
         kept = tf.random.stateless_uniform(tf.shape(ids), seed) < tf.gather(keep, ids)
         ids, rows, raw = tf.boolean_mask(ids, kept), tf.boolean_mask(rows, kept), tf.shape(ids)[0]
@@ -424,7 +474,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
         batch["words"] = tf.reduce_sum(batch["words"])
         return batch
 
-    batches = (records.batch(per_read).enumerate()
+    batches = (parsed.enumerate()
                .map(draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                .rebatch(batch_size)
                .map(total_words))
@@ -1075,6 +1125,7 @@ class EpochLoop:
     meter: Meter
     steps_per_call: int = 100
     step_bytes: object = None  # () -> bytes all replicas exchange in a step (known once traced)
+    reads: object = None  # a CachedReads, or None: the window files are read every epoch
 
     def run(self):
         for epoch in range(int(self.state.epoch.numpy()), self.config.epochs):
@@ -1098,7 +1149,7 @@ class EpochLoop:
         """The epoch's distributed batches, past those a resumed run already trained."""
         per_replica = max(1, self.batch_size // self.strategy.num_replicas_in_sync)
         dataset_fn = functools.partial(make_dataset, self.corpus, self.config, epoch,
-                                       batch_size=per_replica, noise=self.kernel == "tf")
+                                       batch_size=per_replica, noise=self.kernel == "tf", reads=self.reads)
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
             next(iterator)
@@ -1189,7 +1240,8 @@ class SyncedEpochLoop(EpochLoop):
         context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index,
                                              num_replicas_in_sync=workers)
         iterator = iter(make_dataset(self.corpus, self.config, epoch, input_context=context,
-                                     batch_size=max(1, self.batch_size // workers), noise=False))
+                                     batch_size=max(1, self.batch_size // workers), noise=False,
+                                     reads=self.reads))
         for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
             next(iterator)
         return iterator
@@ -1283,9 +1335,14 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
         steps = make_exchanged_steps(strategy, state, config, total_words, effective["window"], shape)
         return EpochLoop(*common, steps, meter, steps_per_call, steps.step_bytes)
     loss_every = max(1, min(_LOSS_EVERY, expected_steps // (4 * _CURVE_POINTS)))
+    reads = None
+    if CachedReads.fits(corpus):
+        reads = CachedReads(corpus, config)
+        logging.info("train: keeping the parsed corpus in memory across epochs (%.0f MB)",
+                     corpus.total_words * 8 / replicas / 2**20)
     if replicas == 1:
         replica_step = make_fused_step(state, config, corpus, total_words, loss_every, table=table)
-        return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call)
+        return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call, reads=reads)
     worker = worker_position(strategy)
     # Exchanges come after a number of steps the same for every worker (a step is as many
     # tokens on each): the steps that hold --sync-every-words / HOT_EXCHANGES corpus words.
@@ -1297,7 +1354,7 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
     replica_step = make_fused_step(state, config, corpus, total_words, loss_every, sync, worker[0], table)
     # Local steps: the default strategy (outside any scope) runs them in this process alone.
     local_steps = make_train_steps(tf.distribute.get_strategy(), replica_step)
-    return SyncedEpochLoop(*common, local_steps, meter, steps_per_call, sync=sync, worker=worker,
+    return SyncedEpochLoop(*common, local_steps, meter, steps_per_call, reads=reads, sync=sync, worker=worker,
                            steps_per_part=steps_per_part)
 
 

@@ -196,17 +196,20 @@ def cbow_step(input_vectors, output_vectors, ids, rows, radius, noise_prob, nois
 
 
 def subword_skipgram_step(input_vectors, output_vectors, ids, rows, radius, noise_prob, noise_alias,
-                          learning_rate, seed, compute_loss, negatives, subwords):
+                          learning_rate, seed, compute_loss, negatives, subwords, shared_negatives=True):
     """Trains fastText's skip-gram on one batch in place (EmbedflowSubwordSkipgramStep).
 
     A centre's input vector is the mean of its word's subword rows; it predicts the
-    output vector of each of its contexts against `negatives` noise words drawn for that
-    pair. The centre's vector is composed once, and its gradient, summed over its pairs,
-    is added to every one of its rows after them (fastText: after every pair).
+    output vector of each of its contexts against `negatives` noise words. The centre's
+    vector is composed once, and its gradient, summed over its pairs, is added to every
+    one of its rows after them (fastText: after every pair).
 
     Args:
       as `skipgram_step`; subwords: (offsets int64 [V + 1], rows int32 [nnz]), the table of
         `trainer.subwords.ngram_table`; input_vectors has its rows, output_vectors V.
+      shared_negatives: True (fast, HogBatch): a centre draws its noise words once for each
+        group of 3 of its pairs, each counted once per pair it stands for, and its output
+        rows are updated together; False: fastText's draws per pair, rows updated in turn.
 
     Returns:
       (loss summed over the pairs, number of pairs), float32 scalars.
@@ -214,7 +217,8 @@ def subword_skipgram_step(input_vectors, output_vectors, ids, rows, radius, nois
     offsets, sub_rows = _table(subwords)
     return load().embedflow_subword_skipgram_step(
         input_vectors.handle, output_vectors.handle, ids, rows, radius, noise_prob, noise_alias,
-        learning_rate, seed, compute_loss, offsets, sub_rows, negatives=negatives)
+        learning_rate, seed, compute_loss, offsets, sub_rows, negatives=negatives,
+        shared_negatives=shared_negatives)
 
 
 def alias_table(weights):
