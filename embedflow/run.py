@@ -282,6 +282,10 @@ class Run:
                              "or start a new run")
         started = time.time()
         reusable = None if (self.force and execute) else self.find_reusable(stage, fingerprint)
+        follower = follower_replica()
+        if follower and reusable and reusable[0] != self.name:
+            logging.info("run: %s unchanged: the chief copies it from run %s", stage, reusable[0])
+            return None
         if reusable and reusable[0] != self.name:
             source_run, source = reusable
             logging.info("run: %s unchanged (fingerprint %s): copying it from run %s",
@@ -292,6 +296,9 @@ class Run:
         elif execute:
             logging.info("run: %s: running (fingerprint %s)", stage, fingerprint[:12])
             self._run_stage_job(stage, self.stage_dir(stage))
+            if follower:
+                logging.info("run: %s: trained as a worker of the chief, which records the stage", stage)
+                return None
             record = {"stage": stage, "fingerprint": fingerprint, "status": "ran",
                       "seconds": round(time.time() - started, 2)}
             if stage == "train" and self.warm_start:
@@ -424,6 +431,20 @@ def select_steps(steps, config):
     return list(dict.fromkeys(IMPORT_STAGE if s == "train" else s for s in steps))
 
 
+def follower_replica(environ=None):
+    """True in a replica of a multi-worker training (TF_CONFIG names its cluster) that is
+    not the chief: it trains beside the others, and leaves the run's records, manifest
+    and any copying to the chief (tf.distribute's rule: the "chief" task, else worker 0)."""
+    spec = json.loads((environ if environ is not None else os.environ).get("TF_CONFIG") or "{}")
+    task, cluster = spec.get("task") or {}, spec.get("cluster") or {}
+    kind = task.get("type")
+    if not kind or kind in ("chief", "master"):
+        return False
+    if kind == "worker" and not {"chief", "master"} & set(cluster):
+        return int(task.get("index", 0)) != 0
+    return True
+
+
 def run_stages(run_, stages, steps):
     """Makes every stage complete (kept, reused or computed); returns those still pending."""
     pending = []
@@ -488,6 +509,11 @@ def run(argv=None):
     run_.prepare(stages)  # input fingerprints: a missing input fails here, before any work
     started_at = outputs.utc_now()
     logging.info("run: %s", run_.dir)
+    if follower_replica():
+        # A worker of the chief's training: the chief writes the run's records and manifest.
+        run_stages(run_, stages, [s for s in steps if s == "train"])
+        print(f"embedflow run: {run_.name}: trained as a worker; the chief records the run")
+        return {}
     try:
         pending = run_stages(run_, stages, steps)
     except BaseException as e:

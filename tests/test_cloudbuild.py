@@ -15,6 +15,7 @@ the train step retries failing `describe` calls and cancels a job it stops watch
 """
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import types
 
 import pytest
 import yaml
@@ -520,6 +522,89 @@ def test_a_gpu_training_spec_builds_and_runs_the_gpu_image(build, stubs):
     assert [p["containerSpec"]["imageUri"] for p in job["workerPoolSpecs"]] == [gpu_image]
     assert job["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "n1-standard-8",
                                                         "acceleratorType": "NVIDIA_TESLA_T4", "acceleratorCount": 1}
+
+
+def _created_job(stub_dir):
+    """The job the last `gcloud ai custom-jobs create` asks for, as gcloud builds it: the
+    --config file, with the command line's --command and --args (repeated --args add up)
+    put into every worker pool's container."""
+    create = [c for c in _calls(stub_dir, "gcloud") if c[:3] == ["ai", "custom-jobs", "create"]][-1]
+
+    def values(flag):
+        return [v for a in create if a.startswith(flag + "=") for v in a.split("=", 1)[1].split(",")]
+
+    with open(stub_dir / "job-spec.yaml", encoding="utf-8") as f:
+        job = yaml.safe_load(f)
+    for pool in job["workerPoolSpecs"]:
+        pool["containerSpec"].update(command=values("--command"), args=values("--args"))
+    return job
+
+
+def _trainer_strategy(container):
+    """The --strategy the train job gets from a replica's `embedflow run --stages=train`."""
+    from jobs import train as train_job  # pylint: disable=import-outside-toplevel
+
+    assert container["command"] == ["embedflow"] and container["args"][0] == "run", container
+    args = chain_run.parse_args(container["args"][1:])
+    assert args.stages == ["train"]
+    loaded = run_config.load_config(args.config, args.assignments)
+    r = chain_run.Run(args.output_root, loaded, name=args.run_name)
+    _, argv = r.job_argv("train", r.stage_dir("train"))
+    return train_job.parse_args(argv).strategy
+
+
+def test_the_multi_worker_spec_runs_every_replica_with_strategy_multiworker(build, stubs, monkeypatch):
+    _, config = build
+    stub_dir, env = stubs
+    monkeypatch.chdir(REPO)  # cloud/run.yaml, as the image's /app holds it
+    values = _values(config)
+    image = _expand(values["_IMAGE"], values)
+    spec = {"_TRAIN_SPEC": "cloud/train-workers.yaml"}
+    built, pushed = _built_and_pushed(config, env, stub_dir, **spec)
+    assert built == {image: ("cpu", DOCKERFILE)} and pushed == [image]  # no GPU image
+    # The one-pool default keeps the config's strategy (cloud/run.yaml: auto).
+    result = _train(config, env, stub_dir, states=["JOB_STATE_SUCCEEDED"])
+    assert result.returncode == 0, result.stderr
+    (pool,) = _created_job(stub_dir)["workerPoolSpecs"]
+    assert not [a for a in pool["containerSpec"]["args"] if a.startswith("--set=train.strategy")]
+    assert _trainer_strategy(pool["containerSpec"]) == "auto"
+
+    result = _train(config, env, stub_dir, states=["JOB_STATE_SUCCEEDED"], **spec)
+    assert result.returncode == 0, result.stderr
+    job = _created_job(stub_dir)
+    chief, workers = job["workerPoolSpecs"]  # Vertex AI: the primary replica, then the workers
+    assert chief["replicaCount"] == 1 and workers["replicaCount"] >= 2
+    for pool in (chief, workers):
+        assert pool["machineSpec"] == {"machineType": "n1-highcpu-32"}
+        assert pool["containerSpec"]["imageUri"] == image
+        assert _trainer_strategy(pool["containerSpec"]) == "multiworker"
+    assert job["scheduling"]["restartJobOnWorkerRestart"] is True
+
+
+def test_vertex_tf_config_of_the_multi_worker_spec_gives_each_replica_its_place(monkeypatch):
+    """TF_CONFIG as Vertex AI sets it for cloud/train-workers.yaml, read by the trainer's
+    resolver: the chief is worker 0 and alone exports; no two replicas share checkpoints."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    from trainer import skipgram  # pylint: disable=import-outside-toplevel
+
+    with open(os.path.join(CLOUD, "train-workers.yaml"), encoding="utf-8") as f:
+        chief_pool, worker_pool = yaml.safe_load(f)["workerPoolSpecs"]
+    workers = int(worker_pool["replicaCount"])
+    assert int(chief_pool["replicaCount"]) == 1
+    cluster = {"chief": ["cmle-training-chief-0:2222"],
+               "worker": [f"cmle-training-worker-{i}:2222" for i in range(workers)]}
+    output = "gs://embedflow-data/runs/b-1234/embeddings"
+    seen = []
+    for task_type, index in [("chief", 0)] + [("worker", i) for i in range(workers)]:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(
+            {"cluster": cluster, "task": {"type": task_type, "index": index}, "environment": "cloud"}))
+        strategy = types.SimpleNamespace(cluster_resolver=tf.distribute.cluster_resolver.TFConfigClusterResolver())
+        seen.append((skipgram.worker_position(strategy), skipgram.is_chief(strategy),
+                     skipgram.checkpoint_dir(output, strategy)))
+    assert [(position, chief) for position, chief, _ in seen] == [((i, workers + 1), i == 0)
+                                                                  for i in range(workers + 1)]
+    assert seen[0][2] == output + ".checkpoints" and len({d for _, _, d in seen}) == workers + 1
 
 
 def test_the_waiting_tpu_spec_is_refused_before_any_job_is_created(build, stubs):

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import time
 
 import numpy as np
@@ -197,6 +198,43 @@ def test_trainer_init_from_copies_rows_of_shared_words(chain):
     np.testing.assert_array_equal(rows[0], random_row)
     with pytest.raises(ValueError, match="--dim"):
         skipgram.warm_start(skipgram.SkipGram(2, old.dim + 1, seed=3), ["cat", "dog"], embeddings)
+
+
+@pytest.mark.parametrize("tf_config, follower", [
+    (None, False),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}, False),
+    ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}, True),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, False),
+    ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, True),
+])
+def test_the_chief_is_tf_distributes_chief_task_else_worker_0(tf_config, follower):
+    environ = {"TF_CONFIG": json.dumps(tf_config)} if tf_config else {}
+    assert chain_run.follower_replica(environ) is follower
+
+
+def test_a_worker_replica_trains_but_leaves_copies_and_records_to_the_chief(chain, monkeypatch):
+    out = chain["out"]
+    chain_run.run(["--config", chain["config"], "--output-root", out, "--stages", "corpus", "--run-name", "workers"])
+    run_dir = _run_dir(out, "workers")
+    # A run whose corpus is complete and train not yet (this one copied it: undo that).
+    shutil.rmtree(os.path.join(run_dir, chain_run.STAGE_SPECS["train"].directory))
+    os.remove(os.path.join(run_dir, "train" + chain_run.STAGE_RECORD_SUFFIX))
+    manifest = open(os.path.join(run_dir, "manifest.json"), encoding="utf-8").read()
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    # train is reusable from the first run: only the chief copies it.
+    assert chain_run.run(["--config", chain["config"], "--output-root", out, "--stages", "train",
+                          "--run-name", "workers"]) == {}
+    assert not os.path.exists(os.path.join(run_dir, "train" + chain_run.STAGE_RECORD_SUFFIX))
+    assert not os.path.exists(os.path.join(run_dir, chain_run.STAGE_SPECS["train"].directory))
+    # Forced, the worker trains (beside the chief) and still writes no record or manifest.
+    trained = []
+    monkeypatch.setattr(chain_run.Run, "_run_stage_job", lambda self, stage, out_dir: trained.append(stage))
+    chain_run.run(["--config", chain["config"], "--output-root", out, "--stages", "train", "--run-name", "workers",
+                   "--force"])
+    assert trained == ["train"]
+    assert not os.path.exists(os.path.join(run_dir, "train" + chain_run.STAGE_RECORD_SUFFIX))
+    assert open(os.path.join(run_dir, "manifest.json"), encoding="utf-8").read() == manifest
 
 
 @pytest.mark.parametrize("text, message", [

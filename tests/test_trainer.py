@@ -152,6 +152,30 @@ def test_epochs_draw_differently_and_reproducibly(topic_corpus):
     assert not np.array_equal(first(0), first(1))
 
 
+def _epoch_ids(corpus, config, epoch, reads=None):
+    return np.concatenate([b["ids"].numpy() for b in skipgram.make_dataset(corpus, config, epoch, reads=reads)])
+
+
+def test_cached_reads_replay_the_first_epoch_then_reshuffle_the_same_tokens(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=1000, sample=0.0)
+    reads = skipgram.CachedReads(corpus, config)
+    first = _epoch_ids(corpus, config, 0, reads)
+    np.testing.assert_array_equal(first, _epoch_ids(corpus, config, 0))  # the files' order of epoch 0
+    second = _epoch_ids(corpus, config, 1, reads)
+    np.testing.assert_array_equal(np.bincount(second, minlength=len(corpus.vocab)), corpus.counts)
+    assert not np.array_equal(first, second)
+    # A new process (a resumed run) draws the same epoch from its own cache.
+    np.testing.assert_array_equal(second, _epoch_ids(corpus, config, 1, skipgram.CachedReads(corpus, config)))
+
+
+def test_only_a_corpus_within_the_memory_budget_is_cached(topic_corpus, monkeypatch):
+    corpus = skipgram.load_corpus(topic_corpus)
+    assert skipgram.CachedReads.fits(corpus)
+    monkeypatch.setattr(skipgram, "_CACHE_BYTES", 8 * corpus.total_words - 1)
+    assert not skipgram.CachedReads.fits(corpus)
+
+
 @pytest.mark.parametrize("flag, value, message", [
     ("--dim", "0", "--dim must be >= 1"),
     ("--epochs", "0", "--epochs must be >= 1"),
