@@ -1,7 +1,7 @@
 """embedflow's models against gensim's, each pair measured in the same run.
 
     python -m benchmarks.models [--files 100] [--epochs 5] [--dim 100] [--corpus-output DIR]
-        [--work DIR] [--rows skipgram,cbow,subwords] [--buckets 2000000] [--data DIR]
+        [--work DIR] [--rows skipgram,cbow,subwords] [--buckets 2000000] [--repeats 1] [--data DIR]
 
 On ../shared/data/corpus/enwiki-AA (its first --files files; all 100: about 16M words),
 one row a model, each against its gensim counterpart:
@@ -21,6 +21,12 @@ checked to be embedflow's. Words per second count in-vocabulary corpus words bef
 subsampling, times epochs, over training time, for both. Both sides are scored by the
 same code: analogy accuracy (questions-words, top 30k words, 3CosAdd) and WordSim-353
 Spearman.
+
+--repeats N trains each row N times on both sides, alternating (embedflow, gensim,
+embedflow, ...), so both meet the same changes in the machine's speed (a shared 2-core
+machine here varies by up to 30% from one minute to the next). The table then shows
+each side's median words/s with its range, the ratio of the medians, and the quality
+of the last repeat.
 
 For the subwords row, a second table: words absent from the vocabulary (a misspelling,
 an inflection, a compound: the first absent word of each list of candidates) and their 5
@@ -132,6 +138,21 @@ def unseen_rows(out, vectors, model):
     return rows
 
 
+def median_speed(runs):
+    """The (seconds, words/s) of the run of median words/s (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda run: run[1])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def speed_cells(runs):
+    """Table cells: the median run's seconds, and its words/s with the range of all runs."""
+    seconds, speed = median_speed(runs)
+    if len(runs) == 1:
+        return [f"{seconds:.0f}", f"{speed:,.0f}"]
+    low, high = min(r[1] for r in runs), max(r[1] for r in runs)
+    return [f"{seconds:.0f}", f"{speed:,.0f} ({low:,.0f}-{high:,.0f})"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=SHARED_DATA)
@@ -142,7 +163,11 @@ def main(argv=None):
     parser.add_argument("--dim", type=int, default=100)
     parser.add_argument("--buckets", type=int, default=2_000_000, help="n-gram buckets of the subwords row")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="train each row this many times on both sides, alternating; report medians")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     rows = parse_choices(parser, "--rows", args.rows, ROWS)
     # Absolute paths: the jobs run as modules of this checkout, from its root.
     args.data = os.path.abspath(args.data)
@@ -162,24 +187,28 @@ def main(argv=None):
     sentences = common.gensim_sentences(files)
     table, unseen = [], None
     for row in rows:
-        out, training, peak = train_embedflow(row, corpus_dir, args, work)
+        ours_runs, theirs_runs = [], []  # (seconds, words/s) of each repeat
+        for _ in range(args.repeats):
+            out, training, peak = train_embedflow(row, corpus_dir, args, work)
+            ours_runs.append((training["seconds"], training["words_per_second"]))
+            model, seconds, wps = train_gensim_row(row, sentences, args)
+            theirs_runs.append((seconds, wps))
         ours = WordVectors.load(out)
-        model, seconds, wps = train_gensim_row(row, sentences, args)
         check_same_vocabulary(ours, model)
         theirs = WordVectors(model.wv.index_to_key, model.wv.vectors)  # FastText's: composed, as ours
-        for system, vectors, secs, speed, ratio, memory in (
-                ("embedflow", ours, training["seconds"], training["words_per_second"],
-                 training["words_per_second"] / wps, f"{peak / 2**30:.2f}"),
-                (f"gensim {ROWS[row][1]}", theirs, seconds, wps, 1.0, "-")):
+        ratio = median_speed(ours_runs)[1] / median_speed(theirs_runs)[1]
+        for system, vectors, runs, ratio, memory in (
+                ("embedflow", ours, ours_runs, ratio, f"{peak / 2**30:.2f}"),
+                (f"gensim {ROWS[row][1]}", theirs, theirs_runs, 1.0, "-")):
             accuracy, _, rho, _ = common.evaluate_vectors(vectors, args.data)
-            table.append([row, system, f"{secs:.0f}", f"{speed:,.0f}", f"{ratio:.2f}", f"{accuracy:.3f}",
-                          f"{rho:.3f}", memory])
+            table.append([row, system, *speed_cells(runs), f"{ratio:.2f}", f"{accuracy:.3f}", f"{rho:.3f}", memory])
         if row == "subwords":
             unseen = unseen_rows(out, ours, model)
     print(f"\nenwiki-AA ({len(files)} files), {args.epochs} epoch(s), dim {args.dim}, window 5, negative 5, "
           f"sample 1e-3, min_count 5, subwords n = 3..6 in {args.buckets:,} buckets; {os.cpu_count()} cores, "
           f"gensim workers=2; outputs in {work}\n")
-    print_table(table, ["model", "system", "train s", "words/s", "words/s / gensim's", "analogy acc (30k)",
+    speed = "words/s" if args.repeats == 1 else f"words/s (median of {args.repeats}, range)"
+    print_table(table, ["model", "system", "train s", speed, "words/s / gensim's", "analogy acc (30k)",
                         "WordSim-353 rho", "peak GiB"])
     if unseen is not None:
         print("\nWords outside the vocabulary, 5 nearest in-vocabulary neighbours (embedflow: the "

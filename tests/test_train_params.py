@@ -45,7 +45,7 @@ def test_help_lists_each_default_once_and_hides_max_steps():
     assert "unset: 0.025 with --model skipgram, 0.05 with cbow" in text and "(default None)" not in text
     assert "(default skipgram)" in text and "(default 2,000,000)" in text
     assert "(default auto)" in text and "(default 2000)" in text
-    assert "unset: 16384 with the fused kernel" in text
+    assert "unset: 65536 with the fused kernel" in text
 
 
 def test_unknown_flags_and_choices_are_refused(tmp_path, capsys):
@@ -83,7 +83,7 @@ def test_to_argv_gives_a_command_line_that_parses_back_to_the_same_config(tmp_pa
 
 def test_an_explicit_batch_size_window_and_sample_win_over_the_defaults(tmp_path):
     corpus = skipgram.Corpus("c", ["a"], None, [], window=5, sample=1e-3, info={})
-    assert _parse(tmp_path).effective(corpus, "fused") == {"window": 5, "sample": 1e-3, "batch_size": 16384}
+    assert _parse(tmp_path).effective(corpus, "fused") == {"window": 5, "sample": 1e-3, "batch_size": 65536}
     assert _parse(tmp_path).effective(corpus, "tf")["batch_size"] == 65536
     chosen = _parse(tmp_path, "--batch-size", "8", "--window", "2", "--sample", "0")
     assert chosen.effective(corpus, "tf") == {"window": 2, "sample": 0.0, "batch_size": 8}

@@ -16,7 +16,7 @@ from jobs import corpus as corpus_job
 from jobs import train as train_job
 from schemas import embeddings as schema
 from tests import fixtures
-from trainer import evaluate, exchange, skipgram
+from trainer import evaluate, exchange, kernels, skipgram
 from trainer.vectors import WordVectors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,28 +152,91 @@ def test_epochs_draw_differently_and_reproducibly(topic_corpus):
     assert not np.array_equal(first(0), first(1))
 
 
-def _epoch_ids(corpus, config, epoch, reads=None):
-    return np.concatenate([b["ids"].numpy() for b in skipgram.make_dataset(corpus, config, epoch, reads=reads)])
+def _memory_epoch(memory, epoch):
+    """The batches of one epoch of an InMemoryCorpus, drawn: a list of dicts of numpy."""
+    return [{k: v.numpy() for k, v in memory.draw(b).items()} for b in memory.epoch(epoch)]
 
 
-def test_cached_reads_replay_the_first_epoch_then_reshuffle_the_same_tokens(topic_corpus):
+def test_the_corpus_in_memory_holds_every_record_and_each_epoch_trains_all_in_its_own_order(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", batch_size=1000, sample=0.0)
-    reads = skipgram.CachedReads(corpus, config)
-    first = _epoch_ids(corpus, config, 0, reads)
-    np.testing.assert_array_equal(first, _epoch_ids(corpus, config, 0))  # the files' order of epoch 0
-    second = _epoch_ids(corpus, config, 1, reads)
-    np.testing.assert_array_equal(np.bincount(second, minlength=len(corpus.vocab)), corpus.counts)
-    assert not np.array_equal(first, second)
-    # A new process (a resumed run) draws the same epoch from its own cache.
-    np.testing.assert_array_equal(second, _epoch_ids(corpus, config, 1, skipgram.CachedReads(corpus, config)))
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", sample=0.0, window=3)
+    memory = skipgram.InMemoryCorpus(corpus, config, batch_size=700)
+    first, second = _memory_epoch(memory, 0), _memory_epoch(memory, 1)
+    for batches in (first, second):
+        ids = np.concatenate([b["ids"] for b in batches])
+        # No subsampling: every corpus token is a centre once an epoch, and counted as a word.
+        np.testing.assert_array_equal(np.bincount(ids, minlength=len(corpus.vocab)), corpus.counts)
+        assert sum(float(b["words"]) for b in batches) == corpus.total_words
+        radius = np.concatenate([b["radius"] for b in batches])
+        assert radius.min() == 1 and radius.max() == 3
+        # A record's tokens stay together and in order: a record id never comes back.
+        rows = np.concatenate([b["rows"] for b in batches])
+        changes = rows[np.flatnonzero(np.diff(rows)) + 1]
+        assert len(set(changes.tolist())) == len(changes) == len(set(rows.tolist())) - 1
+        # The batches hold about batch_size tokens (whole records).
+        assert np.median([len(b["ids"]) for b in batches]) == pytest.approx(700, rel=0.3)
+    assert not np.array_equal(first[0]["rows"], second[0]["rows"])  # each epoch its own order
+    # The same seed and epoch draw the same batches in a new process (a resumed run).
+    again = _memory_epoch(skipgram.InMemoryCorpus(corpus, config, batch_size=700), 1)
+    for a, b in zip(second, again):
+        for key in ("ids", "rows", "radius"):
+            np.testing.assert_array_equal(a[key], b[key])
 
 
-def test_only_a_corpus_within_the_memory_budget_is_cached(topic_corpus, monkeypatch):
+def test_the_corpus_in_memory_is_read_as_the_window_files_hold_it(topic_corpus):
     corpus = skipgram.load_corpus(topic_corpus)
-    assert skipgram.CachedReads.fits(corpus)
-    monkeypatch.setattr(skipgram, "_CACHE_BYTES", 8 * corpus.total_words - 1)
-    assert not skipgram.CachedReads.fits(corpus)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", sample=0.0)
+    memory = skipgram.InMemoryCorpus(corpus, config, batch_size=100)
+    memory.load()
+    tokens, starts = memory.tokens.numpy(), memory.starts.numpy()
+    records = [ids for read in skipgram.corpus_reads(corpus, config, 0)
+               for ids in np.split(read["ids"].numpy(), np.flatnonzero(np.diff(read["records"].numpy())) + 1)]
+    held = [tokens[a:b] for a, b in zip(starts[:-1], starts[1:])]
+    assert sorted(map(tuple, held)) == sorted(map(tuple, records))
+
+
+def test_each_pipeline_holds_its_own_share_of_the_corpus(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", sample=0.0)
+    shares = []
+    for index in range(2):
+        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=index)
+        memory = skipgram.InMemoryCorpus(corpus, config, batch_size=100, input_context=context)
+        shares.append(np.concatenate([b["ids"] for b in _memory_epoch(memory, 0)]))
+    assert min(len(s) for s in shares) > 0
+    np.testing.assert_array_equal(np.bincount(np.concatenate(shares), minlength=len(corpus.vocab)), corpus.counts)
+
+
+def test_drawing_from_memory_subsamples_frequent_words_as_word2vec(topic_corpus):
+    corpus = skipgram.load_corpus(topic_corpus)
+    config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", sample=1e-2)
+    memory = skipgram.InMemoryCorpus(corpus, config, batch_size=10**6)
+    kept = sum(np.bincount(b["ids"], minlength=len(corpus.vocab)) for epoch in range(4)
+               for b in _memory_epoch(memory, epoch)) / (4 * corpus.counts)
+    np.testing.assert_allclose(kept, skipgram.keep_probabilities(corpus.counts, 1e-2), atol=0.05)
+    assert kept[0] < 0.6
+
+
+def test_draw_batch_refuses_records_and_tokens_outside_its_tables():
+    tokens, starts, keep = np.array([0, 1, 2, 1], np.int32), np.array([0, 2, 4], np.int64), np.ones(3, np.float32)
+    ids, rows, radius, words = kernels.draw_batch(tokens, starts, np.array([1, 0], np.int64), keep, 7, 2)
+    np.testing.assert_array_equal(ids, [2, 1, 0, 1])
+    np.testing.assert_array_equal(rows, [1, 1, 0, 0])
+    assert float(words) == 4 and set(radius.numpy()) <= {1, 2}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"records\[0\] = 2 is outside \[0, 2\)"):
+        kernels.draw_batch(tokens, starts, np.array([2], np.int64), keep, 7, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"tokens\[1\] = 5 is outside the vocabulary"):
+        kernels.draw_batch(np.array([0, 5, 2, 1], np.int32), starts, np.array([0], np.int64), keep, 7, 2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="are not a range of the 4 tokens"):
+        kernels.draw_batch(tokens, np.array([0, 3, 9], np.int64), np.array([1], np.int64), keep, 7, 2)
+
+
+def test_only_a_corpus_within_the_memory_budget_is_kept_in_memory(topic_corpus, monkeypatch):
+    corpus = skipgram.load_corpus(topic_corpus)
+    assert skipgram.InMemoryCorpus.fits(corpus)
+    records = corpus.info["counts"]["window_records"]
+    monkeypatch.setattr(skipgram, "_CACHE_BYTES", 4 * corpus.total_words + 8 * records - 1)
+    assert not skipgram.InMemoryCorpus.fits(corpus)
 
 
 @pytest.mark.parametrize("flag, value, message", [

@@ -101,7 +101,7 @@ STRATEGIES = ("auto", "cpu", "mirrored", "multiworker", "tpu")
 KERNELS = ("auto", "fused", "tf")
 MODELS = ("skipgram", "cbow")
 DEFAULT_LEARNING_RATE = {"skipgram": 0.025, "cbow": 0.05}  # word2vec's -alpha, by -cbow
-DEFAULT_BATCH = {"fused": 16384, "tf": 65536}  # centre tokens per step, by kernel
+DEFAULT_BATCH = {"fused": 65536, "tf": 65536}  # centre tokens per step, by kernel
 DEFAULT_UPDATE_TOKENS = 1024  # tf kernel: tokens of one sequential update, over all replicas
 DEFAULT_NEWTON_CAP = 1.0  # tf kernel: see TrainConfig.newton_cap and apply_factors
 DEFAULT_SYNC_EVERY_WORDS = 1_600_000  # fused kernel, several workers: see trainer/exchange.py
@@ -111,8 +111,9 @@ _CURVE_POINTS = 40  # the loss curve gets a point every 1/40 of the training, at
 _LOG_EVERY_SECONDS = 10.0
 _RECORDS_PER_READ = 64  # window records read (and drawn for) together; shapes the draws
 # The fused kernel keeps a corpus whose token ids take up to this much memory parsed in
-# memory across epochs (8 bytes a token: 268M tokens): reading and parsing the window
-# files again every epoch would cost it about a third of its time.
+# memory across epochs (InMemoryCorpus: about 4.2 bytes a token, some 500M tokens):
+# reading and parsing the window files, and drawing the subsampling and radii in
+# tf.data, cost it about a third of its time every epoch.
 _CACHE_BYTES = 2 << 30
 
 
@@ -400,37 +401,98 @@ def corpus_reads(corpus, config, epoch, input_context=None):
     return records.batch(_RECORDS_PER_READ).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-class CachedReads:
-    """The corpus's parsed reads kept in memory across epochs, one copy per input pipeline.
+class InMemoryCorpus:
+    """An input pipeline's share of the corpus, parsed once and kept in memory, for the
+    fused kernel.
 
-    The first epoch reads the window files in the order of epoch 0 and keeps what it
-    parsed; every epoch after shuffles those reads whole (a read's records stay together).
+    Two tensors: the token ids, record after record (int32), and where each record
+    starts (int64). Every epoch trains the records in its own random order, cut into
+    batches of `batch_records`; the step draws each batch's subsampling and window radii
+    in C++ (kernels.draw_batch), so no tf.data pipeline runs per epoch. Parsed on first
+    use (`load`).
     """
 
-    def __init__(self, corpus, config):
-        self.corpus, self.config, self._reads = corpus, config, {}
+    def __init__(self, corpus, config, batch_size, input_context=None):
+        self.corpus, self.config, self.input_context = corpus, config, input_context
+        window = config.window if config.window is not None else corpus.window
+        sample = config.sample if config.sample is not None else corpus.sample
+        self.window, self.keep = int(window), keep_probabilities(corpus.counts, sample)
+        self.batch_size = batch_size  # kept tokens a batch, on average
+        self.tokens = self.starts = self.keep_t = None
+        self.batch_records = 1
 
     @staticmethod
     def fits(corpus):
         """Whether the corpus's parsed ids fit the memory budget (_CACHE_BYTES)."""
-        return corpus.total_words * 8 <= _CACHE_BYTES
+        records = corpus.info.get("counts", {}).get("window_records") or corpus.total_words
+        return corpus.total_words * 4 + records * 8 <= _CACHE_BYTES
 
-    def __call__(self, epoch, input_context=None):
-        key = (input_context.input_pipeline_id, input_context.num_input_pipelines) if input_context else (0, 1)
-        if key not in self._reads:
-            self._reads[key] = corpus_reads(self.corpus, self.config, 0, input_context).cache()
-        reads = self._reads[key]
-        if epoch == 0:
-            return reads
-        # A buffer of at least as many entries as there are reads: a full shuffle, of
-        # references to the cached tensors. (An unbounded one is allocated whole.)
-        records = self.corpus.info.get("counts", {}).get("window_records") or self.corpus.total_words
-        return reads.shuffle(records // _RECORDS_PER_READ + len(self.corpus.window_files) + 1,
-                             seed=int((_read_seed(self.config, epoch) + 3) % (2**31)),
-                             reshuffle_each_iteration=False)
+    @property
+    def pipeline(self):
+        """(this input pipeline's index, number of input pipelines)."""
+        context = self.input_context
+        return (context.input_pipeline_id, context.num_input_pipelines) if context else (0, 1)
 
+    def load(self):
+        """Reads and parses this pipeline's window files (once), logging its progress."""
+        if self.tokens is not None:
+            return
+        index, pipelines = self.pipeline
+        files = tf.data.Dataset.from_tensor_slices(self.corpus.window_files).shard(pipelines, index)
 
-def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noise=True, reads=None):
+        def parse(serialized):
+            sparse = tf.io.parse_example(serialized, corpus_schema.WINDOWS_FEATURE_SPEC)[corpus_schema.TOKEN_IDS_KEY]
+            n = tf.size(serialized)
+            lengths = tf.math.bincount(tf.cast(sparse.indices[:, 0], tf.int32), minlength=n, maxlength=n,
+                                       dtype=tf.int64)
+            return tf.cast(sparse.values, tf.int32), lengths
+
+        records = (files.interleave(tf.data.TFRecordDataset, cycle_length=1)
+                   .batch(1024).map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(2))
+        ids, lengths, started, last = [], [], time.time(), time.time()
+        for values, counts in records:
+            ids.append(values.numpy())
+            lengths.append(counts.numpy())
+            if time.time() - last >= _LOG_EVERY_SECONDS:
+                last, done = time.time(), sum(len(i) for i in ids)
+                logging.info("train: reading the corpus into memory: %d tokens (%.0f tokens/s)",
+                             done, done / (last - started))
+        tokens = np.concatenate(ids) if ids else np.zeros([0], np.int32)
+        lengths = np.concatenate(lengths) if lengths else np.zeros([0], np.int64)
+        if not len(lengths):
+            raise ValueError(f"{self.corpus.directory}: input pipeline {index} of {pipelines} got no window "
+                             f"records; use fewer workers than the corpus has window files")
+        self.tokens, self.keep_t = tf.constant(tokens), tf.constant(self.keep)
+        self.starts = tf.constant(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+        kept = float((self.corpus.counts * self.keep).sum()) / max(float(self.corpus.counts.sum()), 1.0)
+        self.batch_records = max(1, round(self.batch_size * len(lengths) / max(kept * len(tokens), 1.0)))
+        logging.info("train: the corpus is in memory: %d tokens in %d records (%.0f MB), parsed in %.1f s; "
+                     "%d records a step", len(tokens), len(lengths), (tokens.nbytes + lengths.nbytes) / 2**20,
+                     time.time() - started, self.batch_records)
+
+    def epoch(self, epoch):
+        """The epoch's batches: dicts of "records" int64 [<= batch_records] (a random order of
+        all the records, the same for the same seed, epoch and pipeline) and "seed" int64 []."""
+        self.load()
+        index, _ = self.pipeline
+        order = np.random.default_rng([self.config.seed, epoch, index]).permutation(int(self.starts.shape[0]) - 1)
+        base = (_read_seed(self.config, epoch) << 20) + (index << 16)
+        # Nothing here to tune; and with autotuning on, dropping an epoch's iterator waited
+        # 2-4 s at some epochs' ends (measured on enwiki-AA).
+        options = tf.data.Options()
+        options.autotune.enabled = False
+        return (tf.data.Dataset.from_tensor_slices(order).batch(self.batch_records).enumerate()
+                .map(lambda i, records: {"records": records, "seed": base + i}).with_options(options))
+
+    def draw(self, batch):
+        """The step's batch (as make_dataset's, without noise words) from one of `epoch`'s."""
+        from trainer import kernels  # pylint: disable=import-outside-toplevel
+
+        ids, rows, radius, words = kernels.draw_batch(self.tokens, self.starts, batch["records"], self.keep_t,
+                                                      batch["seed"], self.window)
+        return {"ids": ids, "rows": rows, "radius": radius, "words": words}
+
+def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noise=True):
     """One epoch of training batches: runs of kept tokens, with their draws.
 
     Each element is a dict of `batch_size` centre tokens (the last may be shorter):
@@ -442,8 +504,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
       for the learning-rate schedule and words/s).
     Every centre is paired with each context its radius reaches inside its run; pairs
     are formed by shifting the batch (so contexts cost no extra lookup), which is why
-    runs are kept whole and in order within a batch. `reads`: a CachedReads to take the
-    parsed records from, else they are read from the window files.
+    runs are kept whole and in order within a batch.
     """
     window = config.window if config.window is not None else corpus.window
     sample = config.sample if config.sample is not None else corpus.sample
@@ -452,7 +513,7 @@ def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noi
     batch_size = batch_size or config.batch_size or DEFAULT_BATCH["tf"]
     negatives, vocab_size, per_read = noise_count(config), len(corpus.vocab), _RECORDS_PER_READ
     base = _read_seed(config, epoch)
-    parsed = reads(epoch, input_context) if reads is not None else corpus_reads(corpus, config, epoch, input_context)
+    parsed = corpus_reads(corpus, config, epoch, input_context)
 
     def draw(index, read):
         ids, rows = tf.cast(read["ids"], tf.int64), tf.cast(read["records"], tf.int64) + index * per_read
@@ -873,21 +934,25 @@ def fused_op(config, table=None):
 
 
 def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, sync=None, worker=0,
-                    table=None):
+                    table=None, memory=None):
     """The step of the fused kernel: the batch updates the vectors in place.
 
     One replica, or one of several workers each training its own tables (`sync`, a
     exchange.TableSync, counts its words; `worker` keeps its noise draws its own). With
     --model cbow the op counts centres where skip-gram's counts pairs; `table` is the
-    subword table of --subwords.
+    subword table of --subwords. With `memory` (an InMemoryCorpus) a batch is one of its
+    epochs' and the step draws its tokens first.
     """
     from trainer import kernels  # pylint: disable=import-outside-toplevel
 
+    kernels.load()  # built and loaded now, not while the step is traced
     model, op = state.model, fused_op(config, table)
     noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
     seed_base = tf.constant((np.int64(config.seed) << 32) + (np.int64(worker) << 48), tf.int64)
 
     def fused_step(batch):
+        if memory is not None:
+            batch = memory.draw(batch)
         lr = state.learning_rate(config.learning_rate, total_words)
         # The loss costs a logarithm per update: it is measured on one step in loss_every.
         with_loss = tf.equal(state.step % loss_every, 0)
@@ -1125,7 +1190,7 @@ class EpochLoop:
     meter: Meter
     steps_per_call: int = 100
     step_bytes: object = None  # () -> bytes all replicas exchange in a step (known once traced)
-    reads: object = None  # a CachedReads, or None: the window files are read every epoch
+    memory: object = None  # an InMemoryCorpus, or None: the window files are read every epoch
 
     def run(self):
         for epoch in range(int(self.state.epoch.numpy()), self.config.epochs):
@@ -1148,8 +1213,11 @@ class EpochLoop:
     def batches(self, epoch):
         """The epoch's distributed batches, past those a resumed run already trained."""
         per_replica = max(1, self.batch_size // self.strategy.num_replicas_in_sync)
-        dataset_fn = functools.partial(make_dataset, self.corpus, self.config, epoch,
-                                       batch_size=per_replica, noise=self.kernel == "tf", reads=self.reads)
+        if self.memory is not None:
+            dataset_fn = lambda _: self.memory.epoch(epoch)  # noqa: E731
+        else:
+            dataset_fn = functools.partial(make_dataset, self.corpus, self.config, epoch,
+                                           batch_size=per_replica, noise=self.kernel == "tf")
         iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
             next(iterator)
@@ -1239,9 +1307,11 @@ class SyncedEpochLoop(EpochLoop):
         index, workers = self.worker
         context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index,
                                              num_replicas_in_sync=workers)
-        iterator = iter(make_dataset(self.corpus, self.config, epoch, input_context=context,
-                                     batch_size=max(1, self.batch_size // workers), noise=False,
-                                     reads=self.reads))
+        if self.memory is not None:
+            iterator = iter(self.memory.epoch(epoch))
+        else:
+            iterator = iter(make_dataset(self.corpus, self.config, epoch, input_context=context,
+                                         batch_size=max(1, self.batch_size // workers), noise=False))
         for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
             next(iterator)
         return iterator
@@ -1335,15 +1405,15 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
         steps = make_exchanged_steps(strategy, state, config, total_words, effective["window"], shape)
         return EpochLoop(*common, steps, meter, steps_per_call, steps.step_bytes)
     loss_every = max(1, min(_LOSS_EVERY, expected_steps // (4 * _CURVE_POINTS)))
-    reads = None
-    if CachedReads.fits(corpus):
-        reads = CachedReads(corpus, config)
-        logging.info("train: keeping the parsed corpus in memory across epochs (%.0f MB)",
-                     corpus.total_words * 8 / replicas / 2**20)
+    worker = worker_position(strategy) if replicas > 1 else (0, 1)
+    memory = None
+    if InMemoryCorpus.fits(corpus):  # else the window files are read and parsed every epoch
+        context = tf.distribute.InputContext(num_input_pipelines=worker[1], input_pipeline_id=worker[0],
+                                             num_replicas_in_sync=worker[1]) if replicas > 1 else None
+        memory = InMemoryCorpus(corpus, config, max(1, batch_size // replicas), context)
     if replicas == 1:
-        replica_step = make_fused_step(state, config, corpus, total_words, loss_every, table=table)
-        return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call, reads=reads)
-    worker = worker_position(strategy)
+        replica_step = make_fused_step(state, config, corpus, total_words, loss_every, table=table, memory=memory)
+        return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call, memory=memory)
     # Exchanges come after a number of steps the same for every worker (a step is as many
     # tokens on each): the steps that hold --sync-every-words / HOT_EXCHANGES corpus words.
     kept = keep_probabilities(corpus.counts, effective["sample"])
@@ -1351,10 +1421,10 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
     steps_per_part = max(1, round(config.sync_every_words / exchange.HOT_EXCHANGES / words_per_step))
     sync = exchange.TableSync(strategy, [state.model.inputs, state.model.outputs], state.words_done,
                               replicas, step_device(strategy))
-    replica_step = make_fused_step(state, config, corpus, total_words, loss_every, sync, worker[0], table)
+    replica_step = make_fused_step(state, config, corpus, total_words, loss_every, sync, worker[0], table, memory)
     # Local steps: the default strategy (outside any scope) runs them in this process alone.
     local_steps = make_train_steps(tf.distribute.get_strategy(), replica_step)
-    return SyncedEpochLoop(*common, local_steps, meter, steps_per_call, reads=reads, sync=sync, worker=worker,
+    return SyncedEpochLoop(*common, local_steps, meter, steps_per_call, memory=memory, sync=sync, worker=worker,
                            steps_per_part=steps_per_part)
 
 

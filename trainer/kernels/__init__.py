@@ -5,7 +5,8 @@ fastText's models with negative sampling on a batch of tokens, in place, as thei
 tools do: skip-gram (`skipgram_step`: by default HogBatch's shared noise words, or
 word2vec's exact pair-by-pair update), CBOW (`cbow_step`, word vectors or subwords) and
 fastText's subword skip-gram (`subword_skipgram_step`); subword tables come from
-`trainer.subwords.ngram_table`. TensorFlow's own ops cannot fuse those loops on the
+`trainer.subwords.ngram_table`; `draw_batch` subsamples a corpus held in memory and draws
+the window radii for them. TensorFlow's own ops cannot fuse those loops on the
 CPU: every step would materialise the gathered rows and scatter them back.
 
 The ops are compiled on first use with the C++ compiler ($CXX, else g++) against the
@@ -40,7 +41,8 @@ _FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC",
 # TensorFlow's bundled Eigen does not compile with AVX512-FP16 enabled (g++ 12 on a
 # Sapphire Rapids CPU fails in PacketMathFP16.h); the kernel uses no half floats.
 _X86_OPT_OUT = ["-mno-avx512fp16"]
-_loaded = {}
+_loaded = {}  # library path -> loaded module
+_paths = {}  # ($CXX, $EMBEDFLOW_KERNEL_CXXFLAGS, cache folder) -> library path
 _flags_by_compiler = {}
 
 
@@ -122,9 +124,17 @@ def build(path):
 
 
 def load():
-    """The loaded op module (builds it first if no cached build matches)."""
+    """The loaded op module (builds it first if no cached build matches).
+
+    The library's path is found once a process for each $CXX, $EMBEDFLOW_KERNEL_CXXFLAGS
+    and cache folder: the ops are called while tf.function traces, where hashing the
+    source again would be slow.
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    key = (os.environ.get("CXX", "g++"), os.environ.get(FLAGS_ENV, ""), cache_dir())
+    if key in _paths:
+        return _loaded[_paths[key]]
     path = library_path()
     if path not in _loaded:
         if not os.path.exists(path):
@@ -133,6 +143,7 @@ def load():
             _loaded[path] = tf.load_op_library(path)
         except (tf.errors.NotFoundError, OSError) as error:
             raise KernelUnavailable(f"loading {path} failed: {error}; delete it to rebuild") from error
+    _paths[key] = path
     return _loaded[path]
 
 
@@ -219,6 +230,28 @@ def subword_skipgram_step(input_vectors, output_vectors, ids, rows, radius, nois
         input_vectors.handle, output_vectors.handle, ids, rows, radius, noise_prob, noise_alias,
         learning_rate, seed, compute_loss, offsets, sub_rows, negatives=negatives,
         shared_negatives=shared_negatives)
+
+
+def draw_batch(tokens, record_starts, records, keep, seed, window):
+    """A batch for the step ops drawn from a corpus in memory (EmbedflowDrawBatch).
+
+    Each token of `records` (in their order) is kept with probability keep[id], and each
+    kept token gets a window radius drawn uniformly from 1..window, as word2vec draws both
+    while it reads.
+
+    Args:
+      tokens: int32 [T] the corpus's token ids, record after record.
+      record_starts: int64 [R + 1] where each record starts in `tokens` (last: T).
+      records: int64 [B] the records of the batch.
+      keep: float32 [V] keep probabilities (trainer.skipgram.keep_probabilities).
+      seed: int64 scalar; the draws follow from it.
+      window: the largest radius.
+
+    Returns:
+      ids int64 [N], rows int64 [N] (each token's record), radius int32 [N], and words
+      float32 [] (the records' tokens before subsampling).
+    """
+    return load().embedflow_draw_batch(tokens, record_starts, records, keep, seed, window=window)
 
 
 def alias_table(weights):

@@ -39,6 +39,10 @@
 //     output rows updated together; the same expected update with about half the
 //     output rows touched.
 //
+// EmbedflowDrawBatch feeds the step ops from a corpus held in memory: it subsamples the
+// tokens of a list of records and draws their window radii, as word2vec does while it
+// reads, without a tf.data pipeline per epoch.
+//
 // Subword table (CSR): row ids of word w are subword_rows[subword_offsets[w] ..
 // subword_offsets[w + 1]), into input_vectors, which may have more rows than the
 // vocabulary (n-gram buckets after the word rows). Built by trainer/subwords.py.
@@ -163,6 +167,39 @@ else per pair.
 subword_offsets, subword_rows: the subword table (CSR, [V + 1] and [nnz]).
 pairs: number of (centre, context) pairs trained.
 )doc", kCommonDoc));
+
+REGISTER_OP("EmbedflowDrawBatch")
+    .Input("tokens: int32")
+    .Input("record_starts: int64")
+    .Input("records: int64")
+    .Input("keep: float")
+    .Input("seed: int64")
+    .Attr("window: int >= 1")
+    .Output("ids: int64")
+    .Output("rows: int64")
+    .Output("radius: int32")
+    .Output("words: float")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      for (int i = 0; i < 3; ++i) c->set_output(i, c->Vector(c->UnknownDim()));
+      c->set_output(3, c->Scalar());
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+Draws a batch for the step ops from a corpus held in memory, as word2vec draws while
+it reads the text. Each token of the given records is kept with its word's probability
+(frequent words are subsampled), and every kept token gets a window radius drawn
+uniformly from 1 to window.
+
+tokens: [T] the corpus's token ids, record after record.
+record_starts: [R + 1] where each record starts in tokens (the last entry is T).
+records: [B] the records of this batch, in the order they are trained.
+keep: [V] the probability of keeping each word.
+seed: scalar; the draws are a function of it.
+ids: the kept tokens, the step ops' ids.
+rows: the record of each kept token, the step ops' rows.
+radius: the window radius drawn for each kept token.
+words: the batch's tokens before subsampling (for the learning-rate schedule).
+)doc");
 
 namespace {
 
@@ -1039,5 +1076,79 @@ class SubwordSkipgramStepOp : public StepOp {
 REGISTER_KERNEL_BUILDER(Name("EmbedflowSkipgramStep").Device(DEVICE_CPU), SkipgramStepOp);
 REGISTER_KERNEL_BUILDER(Name("EmbedflowCbowStep").Device(DEVICE_CPU), CbowStepOp);
 REGISTER_KERNEL_BUILDER(Name("EmbedflowSubwordSkipgramStep").Device(DEVICE_CPU), SubwordSkipgramStepOp);
+
+// Subsampling and window radii drawn in C++ from a corpus in memory (see the op's doc).
+class DrawBatchOp : public OpKernel {
+ public:
+  explicit DrawBatchOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("window", &window_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& tokens_t = ctx->input(0);
+    const Tensor& starts_t = ctx->input(1);
+    const Tensor& records_t = ctx->input(2);
+    const Tensor& keep_t = ctx->input(3);
+    OP_REQUIRES(ctx, tokens_t.dims() == 1 && starts_t.dims() == 1 && starts_t.NumElements() >= 1 &&
+                         records_t.dims() == 1 && keep_t.dims() == 1,
+                absl::InvalidArgumentError("tokens, record_starts, records and keep must be vectors, "
+                                           "record_starts at least one entry long"));
+    const int32_t* tokens = tokens_t.flat<int32_t>().data();
+    const int64_t* starts = starts_t.flat<int64_t>().data();
+    const int64_t* records = records_t.flat<int64_t>().data();
+    const float* keep = keep_t.flat<float>().data();
+    const int64_t num_records = starts_t.NumElements() - 1, num_tokens = tokens_t.NumElements();
+    const int64_t vocab = keep_t.NumElements(), batch = records_t.NumElements();
+    int64_t raw = 0;
+    for (int64_t k = 0; k < batch; ++k) {
+      const int64_t r = records[k];
+      OP_REQUIRES(ctx, r >= 0 && r < num_records,
+                  absl::InvalidArgumentError(absl::StrCat("records[", k, "] = ", r, " is outside [0, ",
+                                                          num_records, ")")));
+      OP_REQUIRES(ctx, starts[r] >= 0 && starts[r] <= starts[r + 1] && starts[r + 1] <= num_tokens,
+                  absl::InvalidArgumentError(absl::StrCat("record_starts of record ", r, " (", starts[r], ", ",
+                                                          starts[r + 1], ") are not a range of the ",
+                                                          num_tokens, " tokens")));
+      raw += starts[r + 1] - starts[r];
+    }
+    uint64_t state = static_cast<uint64_t>(ctx->input(4).scalar<int64_t>()());
+    Rng rng{SplitMix(&state) | 1};
+    std::vector<int64_t> ids, rows;
+    std::vector<int32_t> radius;
+    ids.reserve(raw);
+    rows.reserve(raw);
+    radius.reserve(raw);
+    for (int64_t k = 0; k < batch; ++k) {
+      const int64_t r = records[k];
+      for (int64_t i = starts[r]; i < starts[r + 1]; ++i) {
+        const int32_t w = tokens[i];
+        OP_REQUIRES(ctx, w >= 0 && w < vocab,
+                    absl::InvalidArgumentError(absl::StrCat("tokens[", i, "] = ", w, " is outside the vocabulary [0, ",
+                                                            vocab, ")")));
+        const uint64_t u = rng.Next();
+        // 24 random bits for the keep test, 32 others for the radius.
+        if (static_cast<float>(u >> 40) * (1.0f / 16777216.0f) >= keep[w]) continue;
+        ids.push_back(w);
+        rows.push_back(r);
+        radius.push_back(1 + static_cast<int32_t>(((u & 0xffffffffULL) * static_cast<uint64_t>(window_)) >> 32));
+      }
+    }
+    const int64_t n = static_cast<int64_t>(ids.size());
+    Tensor* out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {n}, &out));
+    std::copy(ids.begin(), ids.end(), out->flat<int64_t>().data());
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {n}, &out));
+    std::copy(rows.begin(), rows.end(), out->flat<int64_t>().data());
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n}, &out));
+    std::copy(radius.begin(), radius.end(), out->flat<int32_t>().data());
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, {}, &out));
+    out->scalar<float>()() = static_cast<float>(raw);
+  }
+
+ private:
+  int window_;
+};
+
+REGISTER_KERNEL_BUILDER(Name("EmbedflowDrawBatch").Device(DEVICE_CPU), DrawBatchOp);
 
 }  // namespace embedflow
