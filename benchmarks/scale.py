@@ -3,6 +3,7 @@
     python -m benchmarks.scale [--files 100] [--epochs 5] [--dim 100] [--corpus-output DIR]
                                [--rows fused,workers,tf1k,tf64k,tf64k-one,replicas]
                                [--synthetic-vocab 1000000] [--bytes-corpus DIR] [--work DIR]
+                               [--seeds 1]
 
 From one run, on ../shared/data/corpus/enwiki-AA (the first --files files; all 100 are
 about 16M words), dim 100, window 5, negative 5, the same epochs for every row:
@@ -18,7 +19,10 @@ about 16M words), dim 100, window 5, negative 5, the same epochs for every row:
 Each row: words/s (in-vocabulary corpus words, before subsampling, times epochs, over
 training time, as `embedflow train` reports them), the ratio to the reference, analogy
 accuracy (questions-words, top 30k words) and WordSim-353 Spearman, and the bytes the
-replicas exchanged per trained word. A second table gives bytes per trained word, before
+replicas exchanged per trained word. With --seeds 1,2,3 every row trains once per seed
+(`embedflow train --seed`: the initial vectors and every draw): the table then gives the
+median words/s and the mean +- standard deviation of the scores, so a difference between
+rows can be told from the spread of one row's draws. A second table gives bytes per trained word, before
 (the tf kernel's replicas all-reduced both dense tables every 1,024-token step) and now,
 at the real vocabulary and at a synthetic one of --synthetic-vocab words (a Zipf text;
 the tf kernel's replicas measured over a few steps, the fused workers' by their formula).
@@ -101,18 +105,19 @@ def run_workers(argv, threads, log_prefix):
                 sys.exit(f"worker 1 failed; see {log_prefix}-1.log")
 
 
-def train_row(name, corpus_dir, args, work):
+def train_row(name, corpus_dir, args, work, seed=1):
     """Trains one row's configuration; returns its info.json "training" and its vectors' scores."""
     from trainer.vectors import WordVectors  # pylint: disable=import-outside-toplevel
 
     _, command, extra, threads = ROWS[name]
-    out = os.path.join(work, f"embeddings-{name}")
+    label = name if seed == 1 else f"{name}-seed{seed}"
+    out = os.path.join(work, f"embeddings-{label}")
     argv = command + ["--corpus", corpus_dir, "--output", out, "--epochs", str(args.epochs),
-                      "--dim", str(args.dim), *extra]
+                      "--dim", str(args.dim), "--seed", str(seed), *extra]
     if name == "workers":
-        run_workers(argv, threads, os.path.join(work, f"train-{name}"))
+        run_workers(argv, threads, os.path.join(work, f"train-{label}"))
     else:
-        run_measured(_env(threads) + argv, os.path.join(work, f"train-{name}.log"))
+        run_measured(_env(threads) + argv, os.path.join(work, f"train-{label}.log"))
     with open(os.path.join(out, "info.json"), encoding="utf-8") as f:
         training = json.load(f)["training"]
     return training, _evaluate(WordVectors.load(out), args.data)
@@ -196,6 +201,20 @@ def bytes_rows(args, corpus_dir, results, work):
     return rows
 
 
+def median_run(runs):
+    """The (training, scores) of the run of median words/s (the lower middle of an even count)."""
+    return sorted(runs, key=lambda run: run[0]["words_per_second"])[(len(runs) - 1) // 2]
+
+
+def score_cell(values):
+    """One score, or the mean +- standard deviation of several (one per seed)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} +- {np.std(values):.3f}"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=SHARED_DATA)
@@ -208,22 +227,29 @@ def main(argv=None):
     parser.add_argument("--synthetic-vocab", type=int, default=1_000_000)
     parser.add_argument("--bytes-corpus", default=None,
                         help="a corpus job output whose vocabulary the bytes table uses (default: the trained one)")
+    parser.add_argument("--seeds", default="1", help="comma-separated seeds: every row trains once per seed")
     args = parser.parse_args(argv)
+    try:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"--seeds takes comma-separated integers, got {args.seeds!r}")
     work = args.work or tempfile.mkdtemp(prefix="embedflow-bench-scale-")
     os.makedirs(work, exist_ok=True)
     source = os.path.join(args.data, "corpus", "enwiki-AA")
     files = sorted(os.path.join(source, f) for f in os.listdir(source))[:args.files]
     corpus_dir = args.corpus_output or make_corpus(files, os.path.join(work, f"corpus-{args.files}"),
                                                    os.path.join(work, "corpus.log"))
-    results = {name: train_row(name, corpus_dir, args, work) for name in args.rows.split(",")}
+    runs = {name: [train_row(name, corpus_dir, args, work, seed) for seed in seeds] for name in args.rows.split(",")}
+    results = {name: median_run(row) for name, row in runs.items()}
     reference = results.get("fused", [{}])[0].get("words_per_second")
     rows = [[ROWS[name][0], f"{t['words_per_second']:,.0f}",
              f"{t['words_per_second'] / reference:.2f}" if reference else "-",
-             f"{scores[0]:.3f}", f"{scores[2]:.3f}", f"{t['bytes_exchanged_per_word']:,.0f}"]
-            for name, (t, scores) in results.items()]
+             score_cell([scores[0] for _, scores in runs[name]]), score_cell([scores[2] for _, scores in runs[name]]),
+             f"{t['bytes_exchanged_per_word']:,.0f}"]
+            for name, (t, _) in results.items()]
     exchanged = bytes_rows(args, corpus_dir, results, work)
     print(f"embedflow train at scale: enwiki-AA, {len(files)} files, dim {args.dim}, {args.epochs} epochs, "
-          f"{os.cpu_count()} cores, CPU (work: {work})")
+          f"{os.cpu_count()} cores, CPU, seeds {args.seeds} (work: {work})")
     print_table(rows, ["configuration", "words/s", "vs reference", "analogy acc", "WordSim-353 rho",
                        "bytes exchanged / word"])
     print()

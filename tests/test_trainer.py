@@ -223,6 +223,20 @@ def test_draw_batch_refuses_records_and_tokens_outside_its_tables():
     np.testing.assert_array_equal(ids, [2, 1, 0, 1])
     np.testing.assert_array_equal(rows, [1, 1, 0, 0])
     assert float(words) == 4 and set(radius.numpy()) <= {1, 2}
+    # A record draws the same whatever batch it is in (its draws follow from the seed and
+    # the record), and differently under another seed.
+    many = np.arange(2000, dtype=np.int32) % 3
+    tens = np.arange(0, 2001, 10, dtype=np.int64)  # 200 records of 10 tokens
+    half = np.full(3, 0.5, np.float32)
+    together = kernels.draw_batch(many, tens, np.arange(200, dtype=np.int64), half, 7, 5)
+    for record in (0, 77, 199):
+        alone = kernels.draw_batch(many, tens, np.array([record], np.int64), half, 7, 5)
+        in_batch = together[1].numpy() == record
+        for a, b in zip(alone[:3], together[:3]):
+            np.testing.assert_array_equal(a.numpy(), b.numpy()[in_batch])
+    other = kernels.draw_batch(many, tens, np.arange(200, dtype=np.int64), half, 8, 5)
+    assert not np.array_equal(together[1].numpy(), other[1].numpy())
+    assert 0.45 < len(together[0]) / 2000 < 0.55
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"records\[0\] = 2 is outside \[0, 2\)"):
         kernels.draw_batch(tokens, starts, np.array([2], np.int64), keep, 7, 2)
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"tokens\[1\] = 5 is outside the vocabulary"):

@@ -194,7 +194,8 @@ tokens: [T] the corpus's token ids, record after record.
 record_starts: [R + 1] where each record starts in tokens (the last entry is T).
 records: [B] the records of this batch, in the order they are trained.
 keep: [V] the probability of keeping each word.
-seed: scalar; the draws are a function of it.
+seed: scalar; a record's draws are a function of it and of the record (not of the
+  batch the record is in, nor of the threads).
 ids: the kept tokens, the step ops' ids.
 rows: the record of each kept token, the step ops' rows.
 radius: the window radius drawn for each kept token.
@@ -742,12 +743,33 @@ void SkipgramShared(const Batch& b, Rng* rng, int64_t lo, int64_t hi, double* lo
 double HiddenStep(const float* h, float* const* y, int64_t t, int64_t positives, const float* weight, int64_t dim,
                   float lr, bool with_loss, float* coef, float* grad) {
   double loss = 0.0;
-  for (int64_t c = 0; c < t; ++c) {
-    const bool positive = c < positives;
-    const float x = std::min(30.f, std::max(-30.f, Dot(h, y[c], dim)));
-    const float e = std::exp(-x);
-    coef[c] = ((positive ? 1.f : 0.f) - 1.f / (1.f + e)) * lr * weight[c];
-    if (with_loss) loss += weight[c] * (std::log1p(e) + (positive ? 0.f : x));
+  constexpr int64_t kMaxVectorTerms = 64;
+  if (t > kMaxVectorTerms) {  // more terms than the buffers below: one at a time
+    for (int64_t c = 0; c < t; ++c) {
+      const bool positive = c < positives;
+      const float x = std::min(30.f, std::max(-30.f, Dot(h, y[c], dim)));
+      const float e = std::exp(-x);
+      coef[c] = ((positive ? 1.f : 0.f) - 1.f / (1.f + e)) * lr * weight[c];
+      if (with_loss) loss += weight[c] * (std::log1p(e) + (positive ? 0.f : x));
+    }
+  } else {
+    // The sigmoids (and losses) of all the terms at once: scalar exp and division, one
+    // term at a time, cost CBOW about a quarter of its time.
+    float logit[kMaxVectorTerms], term_loss[kMaxVectorTerms];
+    for (int64_t c = 0; c < t; ++c) logit[c] = Dot(h, y[c], dim);
+    ForChunks(t, [&](int64_t k, Lane l) {
+      const V x = Min(Set1(30.f), Max(Set1(-30.f), Load(logit + k, l)));
+      const V e = Add(Set1(1.f), Exp(Mul(x, Set1(-1.f))));  // 1 + e^-x
+      Store(coef + k, Mul(Div(Set1(-lr), e), Load(weight + k, l)), l);
+      if (with_loss) {
+        Store(logit + k, x, l);
+        Store(term_loss + k, Log(e), l);
+      }
+    });
+    for (int64_t c = 0; c < positives; ++c) coef[c] += lr * weight[c];
+    if (with_loss) {
+      for (int64_t c = 0; c < t; ++c) loss += weight[c] * (term_loss[c] + (c < positives ? 0.f : logit[c]));
+    }
   }
   // One pass: each chunk of grad from the old rows, then the rows' updates.
   ForChunks(dim, [&](int64_t k, Lane l) {
@@ -1111,38 +1133,62 @@ class DrawBatchOp : public OpKernel {
                                                           num_tokens, " tokens")));
       raw += starts[r + 1] - starts[r];
     }
-    uint64_t state = static_cast<uint64_t>(ctx->input(4).scalar<int64_t>()());
-    Rng rng{SplitMix(&state) | 1};
-    std::vector<int64_t> ids, rows;
-    std::vector<int32_t> radius;
-    ids.reserve(raw);
-    rows.reserve(raw);
-    radius.reserve(raw);
-    for (int64_t k = 0; k < batch; ++k) {
-      const int64_t r = records[k];
-      for (int64_t i = starts[r]; i < starts[r + 1]; ++i) {
-        const int32_t w = tokens[i];
-        OP_REQUIRES(ctx, w >= 0 && w < vocab,
-                    absl::InvalidArgumentError(absl::StrCat("tokens[", i, "] = ", w, " is outside the vocabulary [0, ",
-                                                            vocab, ")")));
-        const uint64_t u = rng.Next();
-        // 24 random bits for the keep test, 32 others for the radius.
-        if (static_cast<float>(u >> 40) * (1.0f / 16777216.0f) >= keep[w]) continue;
-        ids.push_back(w);
-        rows.push_back(r);
-        radius.push_back(1 + static_cast<int32_t>(((u & 0xffffffffULL) * static_cast<uint64_t>(window_)) >> 32));
+    const uint64_t seed = static_cast<uint64_t>(ctx->input(4).scalar<int64_t>()());
+    // Each record draws from its own generator (seed, record): the batch is the same
+    // however the records are split among threads.
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads();
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(pool->num_threads, batch / 64));
+    struct Part {
+      std::vector<int64_t> ids, rows;
+      std::vector<int32_t> radius;
+      int64_t bad = -1;  // a token outside the vocabulary, by position
+    };
+    std::vector<Part> out(parts);
+    auto work = [&](int64_t first, int64_t end) {
+      for (int64_t p = first; p < end; ++p) {
+        Part& part = out[p];
+        for (int64_t k = batch * p / parts; k < batch * (p + 1) / parts && part.bad < 0; ++k) {
+          const int64_t r = records[k];
+          uint64_t state = seed ^ (0x9e3779b97f4a7c15ULL * static_cast<uint64_t>(r + 1));
+          Rng rng{SplitMix(&state) | 1};
+          for (int64_t i = starts[r]; i < starts[r + 1]; ++i) {
+            const int32_t w = tokens[i];
+            if (w < 0 || w >= vocab) {
+              part.bad = i;
+              break;
+            }
+            const uint64_t u = rng.Next();
+            // 24 random bits for the keep test, 32 others for the radius.
+            if (static_cast<float>(u >> 40) * (1.0f / 16777216.0f) >= keep[w]) continue;
+            part.ids.push_back(w);
+            part.rows.push_back(r);
+            part.radius.push_back(
+                1 + static_cast<int32_t>(((u & 0xffffffffULL) * static_cast<uint64_t>(window_)) >> 32));
+          }
+        }
       }
+    };
+    tensorflow::Shard(pool->num_threads, pool->workers, parts, /*cost_per_unit=*/int64_t{1} << 40, work);
+    int64_t n = 0;
+    for (const Part& part : out) {
+      OP_REQUIRES(ctx, part.bad < 0,
+                  absl::InvalidArgumentError(absl::StrCat("tokens[", part.bad, "] = ", tokens[part.bad],
+                                                          " is outside the vocabulary [0, ", vocab, ")")));
+      n += static_cast<int64_t>(part.ids.size());
     }
-    const int64_t n = static_cast<int64_t>(ids.size());
-    Tensor* out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {n}, &out));
-    std::copy(ids.begin(), ids.end(), out->flat<int64_t>().data());
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {n}, &out));
-    std::copy(rows.begin(), rows.end(), out->flat<int64_t>().data());
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n}, &out));
-    std::copy(radius.begin(), radius.end(), out->flat<int32_t>().data());
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, {}, &out));
-    out->scalar<float>()() = static_cast<float>(raw);
+    Tensor *ids = nullptr, *rows = nullptr, *radius = nullptr, *words = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, {n}, &ids));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, {n}, &rows));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, {n}, &radius));
+    int64_t at = 0;
+    for (const Part& part : out) {
+      std::copy(part.ids.begin(), part.ids.end(), ids->flat<int64_t>().data() + at);
+      std::copy(part.rows.begin(), part.rows.end(), rows->flat<int64_t>().data() + at);
+      std::copy(part.radius.begin(), part.radius.end(), radius->flat<int32_t>().data() + at);
+      at += static_cast<int64_t>(part.ids.size());
+    }
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(3, {}, &words));
+    words->scalar<float>()() = static_cast<float>(raw);
   }
 
  private:
