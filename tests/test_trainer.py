@@ -200,8 +200,7 @@ def test_each_pipeline_holds_its_own_share_of_the_corpus(topic_corpus):
     config = skipgram.TrainConfig(corpus=topic_corpus, output="unused", sample=0.0)
     shares = []
     for index in range(2):
-        context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=index)
-        memory = skipgram.InMemoryCorpus(corpus, config, batch_size=100, input_context=context)
+        memory = skipgram.InMemoryCorpus(corpus, config, batch_size=100, pipeline=(index, 2))
         shares.append(np.concatenate([b["ids"] for b in _memory_epoch(memory, 0)]))
     assert min(len(s) for s in shares) > 0
     np.testing.assert_array_equal(np.bincount(np.concatenate(shares), minlength=len(corpus.vocab)), corpus.counts)

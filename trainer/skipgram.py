@@ -412,8 +412,9 @@ class InMemoryCorpus:
     use (`load`).
     """
 
-    def __init__(self, corpus, config, batch_size, input_context=None):
-        self.corpus, self.config, self.input_context = corpus, config, input_context
+    def __init__(self, corpus, config, batch_size, pipeline=(0, 1)):
+        # pipeline: (this input pipeline's index, number of input pipelines), e.g. workers
+        self.corpus, self.config, self.pipeline = corpus, config, pipeline
         window = config.window if config.window is not None else corpus.window
         sample = config.sample if config.sample is not None else corpus.sample
         self.window, self.keep = int(window), keep_probabilities(corpus.counts, sample)
@@ -426,12 +427,6 @@ class InMemoryCorpus:
         """Whether the corpus's parsed ids fit the memory budget (_CACHE_BYTES)."""
         records = corpus.info.get("counts", {}).get("window_records") or corpus.total_words
         return corpus.total_words * 4 + records * 8 <= _CACHE_BYTES
-
-    @property
-    def pipeline(self):
-        """(this input pipeline's index, number of input pipelines)."""
-        context = self.input_context
-        return (context.input_pipeline_id, context.num_input_pipelines) if context else (0, 1)
 
     def load(self):
         """Reads and parses this pipeline's window files (once), logging its progress."""
@@ -491,6 +486,7 @@ class InMemoryCorpus:
         ids, rows, radius, words = kernels.draw_batch(self.tokens, self.starts, batch["records"], self.keep_t,
                                                       batch["seed"], self.window)
         return {"ids": ids, "rows": rows, "radius": radius, "words": words}
+
 
 def make_dataset(corpus, config, epoch, input_context=None, batch_size=None, noise=True):
     """One epoch of training batches: runs of kept tokens, with their draws.
@@ -1305,11 +1301,11 @@ class SyncedEpochLoop(EpochLoop):
     def batches(self, epoch):
         """This worker's share of the epoch (a local pipeline: no collective per batch)."""
         index, workers = self.worker
-        context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index,
-                                             num_replicas_in_sync=workers)
         if self.memory is not None:
             iterator = iter(self.memory.epoch(epoch))
         else:
+            context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=index,
+                                                 num_replicas_in_sync=workers)
             iterator = iter(make_dataset(self.corpus, self.config, epoch, input_context=context,
                                          batch_size=max(1, self.batch_size // workers), noise=False))
         for _ in range(int(self.state.batches_in_epoch.numpy())):  # the same draws: skip them
@@ -1408,9 +1404,7 @@ def make_loop(config, corpus, strategy, kernel, effective, state, manager, ckpt_
     worker = worker_position(strategy) if replicas > 1 else (0, 1)
     memory = None
     if InMemoryCorpus.fits(corpus):  # else the window files are read and parsed every epoch
-        context = tf.distribute.InputContext(num_input_pipelines=worker[1], input_pipeline_id=worker[0],
-                                             num_replicas_in_sync=worker[1]) if replicas > 1 else None
-        memory = InMemoryCorpus(corpus, config, max(1, batch_size // replicas), context)
+        memory = InMemoryCorpus(corpus, config, max(1, batch_size // replicas), worker)
     if replicas == 1:
         replica_step = make_fused_step(state, config, corpus, total_words, loss_every, table=table, memory=memory)
         return EpochLoop(*common, make_train_steps(strategy, replica_step), meter, steps_per_call, memory=memory)
