@@ -25,7 +25,8 @@ median words/s and the mean +- standard deviation of the scores, so a difference
 rows can be told from the spread of one row's draws. A second table gives bytes per trained word, before
 (the tf kernel's replicas all-reduced both dense tables every 1,024-token step) and now,
 at the real vocabulary and at a synthetic one of --synthetic-vocab words (a Zipf text;
-the tf kernel's replicas measured over a few steps, the fused workers' by their formula).
+the tf kernel's replicas measured over a few steps, the fused workers over one epoch,
+with what an exchange of only the rows each worker changed would have sent instead).
 """
 
 import argparse
@@ -53,6 +54,14 @@ if sys.argv[1] == "--stats-only":
     print("STATS " + json.dumps(skipgram.train(train_job.parse_args(sys.argv[2:]))[1]))
 else:
     sys.exit(run_job("train", train_job.run, sys.argv[1:]))  # its progress logged, as the CLI's
+"""
+
+# One fused-kernel worker of several (TF_CONFIG): trains without exporting, prints its stats.
+WORKER_STATS_SCRIPT = """
+import json, sys
+from jobs import train as train_job
+from trainer import skipgram
+print("STATS " + json.dumps(skipgram.train(train_job.parse_args(sys.argv[1:]))[1]))
 """
 
 TRAIN = [sys.executable, "-m", "jobs.train"]
@@ -166,15 +175,28 @@ def replica_bytes_per_word(corpus_dir, args, out):
     return stats["bytes_exchanged_per_word"]
 
 
+def worker_bytes(corpus_dir, args, work, label):
+    """The fused workers' (bytes exchanged, bytes an exchange of changed rows only would
+    have sent) per trained word: 2 workers, 1 thread each, one epoch of `corpus_dir`, measured."""
+    out = os.path.join(work, f"embeddings-worker-bytes-{label}")
+    shutil.rmtree(out + ".checkpoints", ignore_errors=True)
+    argv = [sys.executable, "-c", WORKER_STATS_SCRIPT, "--corpus", corpus_dir, "--output", out, "--dim",
+            str(args.dim), "--epochs", "1", "--kernel", "fused", "--strategy", "multiworker"]
+    log = os.path.join(work, f"worker-bytes-{label}")
+    run_workers(argv, 1, log)
+    with open(f"{log}-0.log", encoding="utf-8") as f:
+        stats = json.loads(f.read().split("STATS ", 1)[1].splitlines()[0])
+    return stats["bytes_exchanged_per_word"], stats["touched_rows_bytes_per_word"]
+
+
 def bytes_rows(args, corpus_dir, results, work):
     """Bytes per trained word, before and now, at the real and the synthetic vocabulary.
 
     The real vocabulary is the training corpus's, or --bytes-corpus's (e.g. all of
     enwiki-AA when the rows trained on fewer files); the tf kernel's replicas are then
-    measured over a few steps of it, and the fused workers' bytes follow their formula.
+    measured over a few steps of it, and the fused workers over an epoch of it.
     """
     from trainer import exchange  # pylint: disable=import-outside-toplevel
-    from trainer.skipgram import TrainConfig  # pylint: disable=import-outside-toplevel
 
     synthetic = synthetic_corpus(work, args.synthetic_vocab)
     real = args.bytes_corpus or corpus_dir
@@ -192,12 +214,13 @@ def bytes_rows(args, corpus_dir, results, work):
         rows.append([f"tf kernel, 2 replicas ({label})", f"{vocab:,}", f"{before:,.0f}", f"{now:,.0f}",
                      f"{now * per_token:,.0f}"])
         # The fused workers (before: the tf kernel's dense tables, as above): a round of
-        # exchanges every --sync-every-words words a worker (its default).
-        measured = results.get("workers", [{}])[0].get("bytes_exchanged_per_word") if label == "real" else None
-        interval = TrainConfig.defaults()["sync_every_words"]
-        fused = measured if measured is not None else exchange.round_bytes(vocab, args.dim) / interval
-        rows.append([f"fused kernel, 2 workers ({label}{', measured' if measured is not None else ', formula'})",
-                     f"{vocab:,}", f"{before:,.0f}", f"{fused:,.0f}", f"{fused * per_token:,.0f}"])
+        # exchanges every --sync-every-words words a worker (its default), measured over
+        # an epoch; and what exchanging only the rows each worker changed would have sent.
+        fused, touched = worker_bytes(directory, args, work, label)
+        rows.append([f"fused kernel, 2 workers ({label})", f"{vocab:,}", f"{before:,.0f}", f"{fused:,.0f}",
+                     f"{fused * per_token:,.0f}"])
+        rows.append([f"fused kernel, 2 workers, changed rows only (not used) ({label})", f"{vocab:,}",
+                     f"{before:,.0f}", f"{touched:,.0f}", f"{touched * per_token:,.0f}"])
     return rows
 
 

@@ -198,7 +198,8 @@ sync.exchange_hot()
 hot = tables[0].numpy()[:, 0].tolist()
 agreed = sync.exchange(finished=index, stop=0, max_steps=0, diverged=0, chief_step=7 if index == 0 else 0)
 print("RESULT " + json.dumps({"hot": hot, "full": [t.numpy()[:, 0].tolist() for t in tables], "agreed": agreed,
-                              "words": float(words.numpy()), "bytes": sync.bytes_exchanged()}))
+                              "words": float(words.numpy()), "bytes": sync.bytes_exchanged(),
+                              "touched": sync.touched_rows, "touched_bytes": sync.touched_bytes()}))
 """
 
 
@@ -214,4 +215,8 @@ def test_fused_workers_add_up_their_changes_frequent_rows_more_often():
         assert r["agreed"]["finished"] == 1 and r["agreed"]["chief_step"] == 7 and r["agreed"]["stop"] == 0
         assert r["agreed"]["words"] == 300 and r["words"] == 300  # the schedule follows both workers
         # float16 changes: a hot exchange of 2 rows, a full one of 4 and the agreed values.
-        assert r["bytes"] == 2 * (2 * 2 * 3 * 2) + 2 * (2 * 4 * 3 * 2 + 6 * 8)
+        assert r["bytes"] == 2 * (2 * 2 * 3 * 2) + 2 * (2 * 4 * 3 * 2 + 7 * 8)
+        # Changed since the hot exchange: rows 2 and 3 of both tables, on each worker (rows 0
+        # and 1 were just exchanged). Sending only those, each with its id, would cost this:
+        assert r["agreed"]["rows_changed"] == 8 and r["touched"] == 8
+        assert r["touched_bytes"] == 8 * (4 + 3 * 2) + 2 * 7 * 8 + 2 * (2 * 2 * 3 * 2)

@@ -457,8 +457,10 @@ def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
     """MultiWorkerMirroredStrategy: two processes on localhost, configured by TF_CONFIG, each
     training its own tables with the fused kernel and exchanging them (trainer/exchange.py)."""
     out = str(tmp_path / "emb")
+    # Rounds of 2,000 words a worker: every part of a round trains (a longer round would
+    # run out of this corpus's 9,000 words a worker in its first part).
     codes, logs, _ = run_two_workers("--corpus", topic_corpus, "--output", out, "--dim", "32", "--epochs", "3",
-                                     "--batch-size", "512")
+                                     "--batch-size", "512", "--sync-every-words", "2000")
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     assert "the chief writes" in logs[1]
     training = outputs.read_info(out)["training"]
@@ -467,8 +469,14 @@ def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
     assert training["exchanges"] >= 3
     assert training["hot_exchanges"] == (exchange.HOT_EXCHANGES - 1) * training["exchanges"]
     tables = 27 * 32 * 2  # float16 changes of both tables, each worker
-    assert training["bytes_exchanged"] == 2 * (training["exchanges"] * (2 * tables + 6 * 8)
+    assert training["bytes_exchanged"] == 2 * (training["exchanges"] * (2 * tables + 7 * 8)
                                                + training["hot_exchanges"] * 2 * tables)
+    # What sending only the changed rows would have cost: each row with its id, at most all rows.
+    # (The hot rows are all 27 here: a full exchange sees what the round's last part changed.)
+    assert 0 < training["rows_changed"] <= 2 * 2 * 27 * training["exchanges"]
+    assert training["touched_rows_bytes"] == (training["rows_changed"] * (4 + 32 * 2)
+                                              + 2 * training["exchanges"] * 7 * 8
+                                              + training["hot_exchanges"] * 2 * 2 * tables)
     # Both workers end with the same tables.
     assert f"tables sha256 {training['tables_sha256']}" in logs[1]
     # Each worker read half the shards; the exchanged count is one pass over the corpus.

@@ -37,8 +37,14 @@ halves the bytes). A round is a number of steps, the same for every worker (a st
 as many tokens on each), so they reach each exchange together. A worker sends
 `round_bytes` a round: 2 x V x d x 2 bytes and 3 x 2 x 4096 x d x 2 bytes, 35 MB at
 V = 76k, d = 100, which is 22 bytes per trained word at the default 1.6M words a round.
-It grows with the vocabulary (253 bytes a word at V = 1M), unless the round does. The
-full exchange carries the words trained, whether each worker has finished its epoch,
+It grows with the vocabulary (253 bytes a word at V = 1M), unless the round does.
+Sending only the rows a worker changed since the last full exchange (each with its id)
+would not save much, because noise words reach most rows within a round: measured over
+an epoch with 2 workers (benchmarks.scale, which counts the changed rows at every full
+exchange), 26 bytes a word sent against 23 for changed rows only at V = 76k (enwiki-AA),
+270 against 214 at V = 1M (a synthetic Zipf text). Either grows with the vocabulary
+until a round touches every row; the tf kernel's factors (about 440 bytes a word,
+whatever the vocabulary) cost less only beyond about 1.8M words. The full exchange carries the words trained, whether each worker has finished its epoch,
 SIGTERM, divergence and the chief's step, so the workers agree on the learning rate,
 on when an epoch ends and on when to checkpoint or stop.
 """
@@ -57,7 +63,7 @@ HOT_ROWS = 4096  # rows of the most frequent words, exchanged more often by the 
 # exchange is a barrier the two workers wait at for each other.
 HOT_EXCHANGES = 4
 # The agreed values of a fused-kernel exchange, summed over workers (TableSync.exchange).
-SYNC_FLAGS = ("finished", "stop", "max_steps", "diverged", "chief_step", "words")
+SYNC_FLAGS = ("finished", "stop", "max_steps", "diverged", "chief_step", "words", "rows_changed")
 
 
 def payload_bytes(tensors):
@@ -122,6 +128,10 @@ class TableSync:
         self.hot_rows = min(HOT_ROWS, int(tables[0].shape[0]))
         self.exchanges = self.hot_exchanges = 0
         self.seconds = 0.0  # waiting for and running exchanges
+        # Rows of both tables that changed between two full exchanges, summed over the
+        # workers and the full exchanges: what an exchange of touched rows only would send.
+        self.changed = tf.Variable(tf.zeros([], tf.int64), trainable=False, name="rows_changed")
+        self.touched_rows = 0
         self._exchange = tf.function(self._exchange_all)
         self._exchange_hot = tf.function(self._exchange_rows)
 
@@ -132,6 +142,13 @@ class TableSync:
 
     def bytes_exchanged(self):
         return self.exchanges * self.bytes_per_exchange() + self.hot_exchanges * self.bytes_per_exchange(hot=True)
+
+    def touched_bytes(self):
+        """What the same exchanges would have sent had the full ones carried only the rows a
+        worker changed since the last (each row its id and its float16 change), measured."""
+        dim = int(self.tables[0].shape[1])
+        return (self.touched_rows * (4 + dim * DELTA_BYTES) + self.exchanges * self.workers * len(SYNC_FLAGS) * 8
+                + self.hot_exchanges * self.bytes_per_exchange(hot=True))
 
     def count(self, words):
         """Counts a local step's words; returns the global estimate to advance the schedule
@@ -149,6 +166,7 @@ class TableSync:
         """
         if rows is None:
             deltas = [tf.cast(t - b, tf.float16) for t, b in zip(self.tables, self.base)]
+            self.changed.assign(tf.add_n([tf.math.count_nonzero(tf.reduce_any(d != 0, axis=1)) for d in deltas]))
             sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, deltas)
             for table, base, total in zip(self.tables, self.base, sums):
                 base.assign_add(tf.cast(total, tf.float32))
@@ -182,8 +200,9 @@ class TableSync:
                 self._sum_changes(ctx)
                 # Its own collective: an all-reduce packs its tensors together, of one dtype.
                 agreed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
-                                        tf.concat([flags, [self.since.read_value()]], 0))
-                self.words_synced.assign_add(agreed[-1])
+                                        tf.concat([flags, [self.since.read_value(),
+                                                           tf.cast(self.changed, tf.float64)]], 0))
+                self.words_synced.assign_add(agreed[-2])
                 self.words_done.assign(self.words_synced)
                 self.since.assign(0.0)
                 return agreed
@@ -203,7 +222,8 @@ class TableSync:
         Returns:
           dict over SYNC_FLAGS: the number of workers that finished their epoch, were asked
           to stop, reached --max-steps, saw a loss that is not finite; the chief's step;
-          the words all workers trained since the last exchange.
+          the words all workers trained since the last exchange; the rows of both tables
+          they changed since (each worker's counted).
         """
         flags = tf.constant([float(finished), float(stop), float(max_steps), float(diverged),
                              float(chief_step)], tf.float64)
@@ -211,4 +231,6 @@ class TableSync:
         agreed = self.strategy.experimental_local_results(self._exchange(flags))[0].numpy()
         self.exchanges += 1
         self.seconds += time.perf_counter() - started
-        return dict(zip(SYNC_FLAGS, agreed.tolist()))
+        agreed = dict(zip(SYNC_FLAGS, agreed.tolist()))
+        self.touched_rows += int(agreed["rows_changed"])
+        return agreed

@@ -1317,7 +1317,8 @@ class SyncedEpochLoop(EpochLoop):
 
     def exchanged(self):
         return {"bytes_exchanged": self.sync.bytes_exchanged(), "exchanges": self.sync.exchanges,
-                "hot_exchanges": self.sync.hot_exchanges, "exchange_seconds": self.sync.seconds}
+                "hot_exchanges": self.sync.hot_exchanges, "exchange_seconds": self.sync.seconds,
+                "rows_changed": self.sync.touched_rows, "touched_rows_bytes": self.sync.touched_bytes()}
 
     def run_epoch(self, epoch):
         """Trains one epoch in rounds; returns True when --max-steps stopped it first."""
@@ -1496,6 +1497,8 @@ def meter_stats(loop, strategy, kernel, batch_size):
                               replicas=strategy.num_replicas_in_sync, kernel=kernel,
                               batch_size=batch_size, chief=is_chief(strategy), **loop.exchanged())
     stats["bytes_exchanged_per_word"] = stats["bytes_exchanged"] / max(stats["words"], 1e-9)
+    if "touched_rows_bytes" in stats:  # fused workers: what sending only changed rows would have cost
+        stats["touched_rows_bytes_per_word"] = stats["touched_rows_bytes"] / max(stats["words"], 1e-9)
     return stats
 
 
