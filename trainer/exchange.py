@@ -44,9 +44,10 @@ an epoch with 2 workers (benchmarks.scale, which counts the changed rows at ever
 exchange), 26 bytes a word sent against 23 for changed rows only at V = 76k (enwiki-AA),
 270 against 214 at V = 1M (a synthetic Zipf text). Either grows with the vocabulary
 until a round touches every row; the tf kernel's factors (about 440 bytes a word,
-whatever the vocabulary) cost less only beyond about 1.8M words. The full exchange carries the words trained, whether each worker has finished its epoch,
-SIGTERM, divergence and the chief's step, so the workers agree on the learning rate,
-on when an epoch ends and on when to checkpoint or stop.
+whatever the vocabulary) cost less only beyond about 1.8M words. The full exchange
+carries the words trained, whether each worker has finished its epoch, SIGTERM,
+divergence and the chief's step, so the workers agree on the learning rate, on when an
+epoch ends and on when to checkpoint or stop.
 """
 
 import time
@@ -129,8 +130,7 @@ class TableSync:
         self.exchanges = self.hot_exchanges = 0
         self.seconds = 0.0  # waiting for and running exchanges
         # Rows of both tables that changed between two full exchanges, summed over the
-        # workers and the full exchanges: what an exchange of touched rows only would send.
-        self.changed = tf.Variable(tf.zeros([], tf.int64), trainable=False, name="rows_changed")
+        # workers and the full exchanges: what an exchange of changed rows only would send.
         self.touched_rows = 0
         self._exchange = tf.function(self._exchange_all)
         self._exchange_hot = tf.function(self._exchange_rows)
@@ -163,15 +163,18 @@ class TableSync:
 
         Some rows are read by gather and written by scatter, in place: a read of the whole
         variable still alive when it is written would make TensorFlow copy all of it.
+
+        Returns:
+          for all rows, the number of rows of both tables this worker changed (int64).
         """
         if rows is None:
             deltas = [tf.cast(t - b, tf.float16) for t, b in zip(self.tables, self.base)]
-            self.changed.assign(tf.add_n([tf.math.count_nonzero(tf.reduce_any(d != 0, axis=1)) for d in deltas]))
+            changed = tf.add_n([tf.math.count_nonzero(tf.reduce_any(d != 0, axis=1)) for d in deltas])
             sums = ctx.all_reduce(tf.distribute.ReduceOp.SUM, deltas)
             for table, base, total in zip(self.tables, self.base, sums):
                 base.assign_add(tf.cast(total, tf.float32))
                 table.assign(base.read_value())
-            return
+            return changed
         ids = tf.range(rows)
 
         def read(variable):
@@ -197,11 +200,11 @@ class TableSync:
         def replica(flags):
             with tf.device(self.device):
                 ctx = tf.distribute.get_replica_context()
-                self._sum_changes(ctx)
+                changed = self._sum_changes(ctx)
                 # Its own collective: an all-reduce packs its tensors together, of one dtype.
                 agreed = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                         tf.concat([flags, [self.since.read_value(),
-                                                           tf.cast(self.changed, tf.float64)]], 0))
+                                                           tf.cast(changed, tf.float64)]], 0))
                 self.words_synced.assign_add(agreed[-2])
                 self.words_done.assign(self.words_synced)
                 self.since.assign(0.0)
