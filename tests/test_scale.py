@@ -158,9 +158,10 @@ def test_replicas_exchange_the_same_bytes_a_step_whatever_the_vocabulary(tmp_pat
     wide = _mirrored(wide_corpus, str(tmp_path / "wide"), "--max-steps", "3")
     assert wide["vocab_size"] > 100 * small["vocab_size"]
     per_step = [info["training"]["bytes_exchanged"] / info["training"]["steps"] for info in (small, wide)]
-    # 256 centres a replica: ids, 15 noise ids, contexts, 32 gradient floats, curvature, 10
-    # context (window 5) and 15 noise coefficients, 4 bytes each; the loss and pairs; the words.
-    assert per_step[0] == per_step[1] == 2 * (256 * (1 + 15 + 1 + 32 + 1 + 10 + 15) * 4 + 8 + 4)
+    # 256 centres a replica: ids, 30 noise ids (6 x --negatives), contexts, 32 gradient floats,
+    # curvature, 10 context (window 5) and 30 noise coefficients, 4 bytes each; the loss and
+    # pairs; the words.
+    assert per_step[0] == per_step[1] == 2 * (256 * (1 + 30 + 1 + 32 + 1 + 10 + 30) * 4 + 8 + 4)
     # Two dense tables a replica, as before, were already more at 3,000 words.
     assert per_step[1] < 2 * exchange.dense_table_bytes(wide["vocab_size"], 32)
     assert wide["training"]["replica_max_difference"] == 0.0

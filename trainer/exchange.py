@@ -16,11 +16,12 @@ collectives refuse IndexedSlices, and fixed sizes compile with XLA); per centre 
 Each replica then rebuilds every output-row gradient and curvature from those
 coefficients and the centres' input rows, which it reads from its own copy (equal
 everywhere), and applies all replicas' updates in the same order, so the copies stay
-bit-identical. That is (d + 2W + 2M + 3) x 4 bytes a centre token: 572 at d = 100,
-W = 5, M = 15, about 440 a trained word on Wikipedia (subsampling keeps some 3 tokens in
-4), whatever the vocabulary, against 2 x V x d x 4 bytes a replica every 1,024-token
-step before (both dense tables all-reduced: about 92 KB a word at V = 76k, 1.14 MB on a
-synthetic text of V = 1M words, where the factors measured 418 bytes a word).
+bit-identical. That is (d + 2W + 2M + 3) x 4 bytes a centre token: 692 at d = 100,
+W = 5, M = 30 (the default), about 540 a trained word on Wikipedia (subsampling keeps some
+3 tokens in 4), whatever the vocabulary, against 2 x V x d x 4 bytes a replica every
+1,024-token step before (both dense tables all-reduced: about 92 KB a word at V = 76k,
+1.14 MB on a synthetic text of V = 1M words, where the factors measured 506 bytes a
+word).
 
 **fused kernel, several workers** (MultiWorkerMirroredStrategy, one CPU replica per
 worker): the C++ kernel updates one process's tables in place, pair by pair, so each
@@ -43,8 +44,8 @@ would not save much, because noise words reach most rows within a round: measure
 an epoch with 2 workers (benchmarks.scale, which counts the changed rows at every full
 exchange), 26 bytes a word sent against 23 for changed rows only at V = 76k (enwiki-AA),
 270 against 214 at V = 1M (a synthetic Zipf text). Either grows with the vocabulary
-until a round touches every row; the tf kernel's factors (about 440 bytes a word,
-whatever the vocabulary) cost less only beyond about 1.8M words. The full exchange
+until a round touches every row; the tf kernel's factors (about 540 bytes a word,
+whatever the vocabulary) cost less only beyond about 2M words. The full exchange
 carries the words trained, whether each worker has finished its epoch, SIGTERM,
 divergence and the chief's step, so the workers agree on the learning rate, on when an
 epoch ends and on when to checkpoint or stop.

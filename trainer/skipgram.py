@@ -104,10 +104,12 @@ DEFAULT_LEARNING_RATE = {"skipgram": 0.025, "cbow": 0.05}  # word2vec's -alpha, 
 DEFAULT_BATCH = {"fused": 65536, "tf": 65536}  # centre tokens per step, by kernel
 DEFAULT_UPDATE_TOKENS = 1024  # tf kernel: tokens of one sequential update, over all replicas
 # tf kernel: see TrainConfig.newton_cap and apply_factors. Measured on 4.8M words of
-# enwiki-AA, 5 epochs, 65,536-token steps of 1,024-token updates (one seed each): analogy
-# 17.0% with 4, 17.4% with 1, 18.3% with 0.5, 18.1% with 0.25; WordSim-353 0.564 with 1,
-# 0.553 with 0.5, 0.525 with 0.25 (the fused kernel: 19.4% +- 0.2, 0.571 +- 0.011).
+# enwiki-AA, 5 epochs, 65,536-token steps of 1,024-token updates, 15 noise words a centre:
+# analogy 17.0% with 4 (seed 1), 16.4% +- 0.8 with 1 (seeds 1-3), 17.1% +- 0.9 with 0.5
+# (seeds 1-3), 18.1% with 0.25 (seed 1); WordSim-353 0.564 with 1, 0.553 with 0.5, 0.525
+# with 0.25 (seed 1; the fused kernel: 19.3% +- 0.4, 0.573 +- 0.007).
 DEFAULT_NEWTON_CAP = 0.5
+NOISE_PER_NEGATIVE = 6  # tf kernel: noise words drawn per centre, per --negatives (noise_count)
 DEFAULT_SYNC_EVERY_WORDS = 1_600_000  # fused kernel, several workers: see trainer/exchange.py
 _MIN_LR_RATIO = 1e-4
 _LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many (at most)
@@ -132,7 +134,8 @@ class TrainConfig(Params):
     negatives: int = param(5, ge=1, help="noise words per pair")  # as word2vec's -negative
     noise_per_centre: int | None = param(
         None, ge=1, help="noise words drawn per centre token with the tf kernel, shared by its "
-                         "pairs; unset: 3 x --negatives")
+                         "pairs; unset: 6 x --negatives (as many as word2vec draws for a centre's "
+                         "pairs at window 5, which average 6)")
     model: str = param("skipgram", choices=MODELS,
                        help="skipgram: each context word predicts its centre; cbow: the mean of the "
                             "context words predicts the centre (word2vec's cbow_mean=1); both with "
@@ -347,8 +350,15 @@ def noise_cdf(counts, power=0.75):
 
 
 def noise_count(config):
-    """Noise words drawn per centre token."""
-    return config.noise_per_centre if config.noise_per_centre is not None else 3 * config.negatives
+    """Noise words drawn per centre token (tf kernel): by default as many as word2vec draws
+    for a centre's pairs at window 5 (dynamic radii make W + 1 = 6 pairs on average).
+
+    Measured on 4.8M words of enwiki-AA, 5 epochs, 65,536-token steps of 1,024-token updates,
+    cap 0.5, seeds 1-3: 6 x --negatives scored analogy 18.5% +- 0.5 and WordSim-353 0.559
+    +- 0.003 at 65-75k words/s; 3 x, 17.1% +- 0.9 and 0.552 at 107-118k words/s (the fused
+    kernel: 19.3% +- 0.4, 0.573 +- 0.007).
+    """
+    return config.noise_per_centre if config.noise_per_centre is not None else NOISE_PER_NEGATIVE * config.negatives
 
 
 def offsets(window):
