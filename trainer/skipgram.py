@@ -105,9 +105,10 @@ DEFAULT_BATCH = {"fused": 65536, "tf": 65536}  # centre tokens per step, by kern
 DEFAULT_UPDATE_TOKENS = 1024  # tf kernel: tokens of one sequential update, over all replicas
 # tf kernel: see TrainConfig.newton_cap and apply_factors. Measured on 4.8M words of
 # enwiki-AA, 5 epochs, 65,536-token steps of 1,024-token updates, 15 noise words a centre:
-# analogy 17.0% with 4 (seed 1), 16.4% +- 0.8 with 1 (seeds 1-3), 17.1% +- 0.9 with 0.5
-# (seeds 1-3), 18.1% with 0.25 (seed 1); WordSim-353 0.564 with 1, 0.553 with 0.5, 0.525
-# with 0.25 (seed 1; the fused kernel: 19.3% +- 0.4, 0.573 +- 0.007).
+# analogy 17.0% with 4 (seed 1), 16.4% +- 0.8 with 1 and 17.1% +- 0.9 with 0.5 (seeds 1-3),
+# 18.1% with 0.25 (seed 1); WordSim-353 0.561 with 1 and 0.552 with 0.5 (seeds 1-3), 0.525
+# with 0.25 (seed 1); the fused kernel: 19.3% +- 0.4, 0.573 +- 0.007. 30 noise words a
+# centre (noise_count) moved it more than the cap.
 DEFAULT_NEWTON_CAP = 0.5
 NOISE_PER_NEGATIVE = 6  # tf kernel: noise words drawn per centre, per --negatives (noise_count)
 DEFAULT_SYNC_EVERY_WORDS = 1_600_000  # fused kernel, several workers: see trainer/exchange.py
