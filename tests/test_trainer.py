@@ -256,6 +256,7 @@ def test_only_a_corpus_within_the_memory_budget_is_kept_in_memory(topic_corpus, 
     ("--dim", "0", "--dim must be >= 1"),
     ("--epochs", "0", "--epochs must be >= 1"),
     ("--learning-rate", "0", "--learning-rate must be > 0"),
+    ("--worker-rate-scale", "0", "--worker-rate-scale must be > 0"),
     ("--strategy", "tpu", "--strategy tpu needs --tpu ADDRESS"),
     ("--checkpoint-every-steps", "0", "--checkpoint-every-steps must be >= 1, got 0"),
     ("--sample", "1", r"--sample must be in \[0, 1\), got 1.0"),
@@ -284,6 +285,7 @@ def test_train_export_and_serve_from_saved_model_alone(tmp_path, topic_corpus):
     assert _topic_precision(vectors) >= 0.9
     info = outputs.read_info(out)
     assert info["training"]["words"] == pytest.approx(3 * 18000, rel=1e-3)
+    assert info["training"]["learning_rate"] == pytest.approx(skipgram.DEFAULT_LEARNING_RATE["skipgram"])
     assert not os.path.exists(out + ".checkpoints")  # removed once complete
 
     # word2vec text format loads in gensim with the same numbers.
@@ -414,6 +416,8 @@ def test_mirrored_strategy_over_two_replicas(tmp_path, topic_corpus):
     training = outputs.read_info(out)["training"]
     assert (training["replicas"], training["kernel"]) == (2, "tf")
     assert training["replica_max_difference"] == 0.0
+    # Identical copies learn as one process: no workers' rate scale.
+    assert training["learning_rate"] == pytest.approx(skipgram.DEFAULT_LEARNING_RATE["skipgram"])
     assert training["words"] == pytest.approx(3 * 18000, rel=1e-3)
     # Per step, each replica's 256 centres as factors (1 + 30 + 1 + 32 + 1 + 10 + 30 numbers
     # each: test_scale spells them out); far below two dense tables a replica.
@@ -429,19 +433,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def run_two_workers(*flags, timeout=300, script=None):
+def run_two_workers(*flags, timeout=300, script=None, count=2):
     """`python -m jobs.train FLAGS --strategy multiworker` (or `python -c SCRIPT FLAGS`) as
-    two workers on localhost.
+    two workers (or `count`) on localhost.
 
     Returns:
       (their exit codes, their stderr, their stdout), worker 0 (the chief) first.
     """
     import json  # pylint: disable=import-outside-toplevel
-    workers = [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]
+    workers = [f"localhost:{_free_port()}" for _ in range(count)]
     argv = ([sys.executable, "-c", script, *flags] if script is not None
             else [sys.executable, "-m", "jobs.train", *flags, "--strategy", "multiworker"])
     procs = []
-    for index in range(2):
+    for index in range(count):
         env = dict(os.environ, PYTHONPATH=REPO, TF_CONFIG=json.dumps(
             {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}))
         procs.append(subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -468,6 +472,9 @@ def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
     # The fused kernel in each worker, the tables exchanged every round.
     assert (training["replicas"], training["kernel"]) == (2, "fused")
     assert training["exchanges"] >= 3
+    # Workers that add up changes made apart start at --worker-rate-scale x the rate.
+    assert training["learning_rate"] == pytest.approx(
+        skipgram.DEFAULT_LEARNING_RATE["skipgram"] * skipgram.DEFAULT_WORKER_RATE_SCALE)
     assert training["hot_exchanges"] == (exchange.HOT_EXCHANGES - 1) * training["exchanges"]
     tables = 27 * 32 * 2  # float16 changes of both tables, each worker
     assert training["bytes_exchanged"] == 2 * (training["exchanges"] * (2 * tables + 7 * 8)
@@ -484,3 +491,16 @@ def test_multi_worker_training_with_two_local_workers(tmp_path, topic_corpus):
     assert training["words"] == pytest.approx(3 * 18000, rel=1e-3)
     assert _topic_precision(WordVectors.load(out)) >= 0.9
     assert not os.path.exists(out + ".checkpoints")
+
+
+def test_more_fused_workers_than_the_exchange_keeps_stable_are_refused(tmp_path, topic_corpus):
+    """Three fused-kernel workers: each refuses before training (their summed changes of
+    frequent rows diverge, trainer/exchange.py MAX_FUSED_WORKERS), naming the way out."""
+    out = str(tmp_path / "emb")
+    codes, logs, _ = run_two_workers("--corpus", topic_corpus, "--output", out, "--dim", "32", "--epochs", "1",
+                                     "--batch-size", "512", count=3)
+    assert codes == [2, 2, 2], logs[0][-3000:]
+    for log in logs:
+        assert "fused kernel trains on at most 2 workers, and TF_CONFIG names 3" in log
+        assert "--kernel tf" in log
+    assert not os.path.exists(out) and not os.path.exists(out + ".checkpoints")

@@ -45,7 +45,10 @@ an epoch with 2 workers (benchmarks.scale, which counts the changed rows at ever
 exchange), 26 bytes a word sent against 23 for changed rows only at V = 76k (enwiki-AA),
 270 against 214 at V = 1M (a synthetic Zipf text). Either grows with the vocabulary
 until a round touches every row; the tf kernel's factors (about 540 bytes a word,
-whatever the vocabulary) cost less only beyond about 2M words. The full exchange
+whatever the vocabulary) cost less only beyond about 2M words. At most MAX_FUSED_WORKERS
+workers (more diverge: see there), which start at --worker-rate-scale (1.2) times the
+learning rate: a worker that trains without the others' changes learns less a word than
+one process (trainer/skipgram.py DEFAULT_WORKER_RATE_SCALE). The full exchange
 carries the words trained, whether each worker has finished its epoch, SIGTERM,
 divergence and the chief's step, so the workers agree on the learning rate, on when an
 epoch ends and on when to checkpoint or stop.
@@ -64,6 +67,17 @@ HOT_ROWS = 4096  # rows of the most frequent words, exchanged more often by the 
 # 19.0-19.4%, WordSim-353 0.570 against 0.562-0.568; with 4, 1.0-1.2x, 18.8%, 0.554. Every
 # exchange is a barrier the two workers wait at for each other.
 HOT_EXCHANGES = 4
+# Most fused-kernel workers a run takes (skipgram.resolve_kernel refuses more). Each worker
+# moves the most frequent words' rows nearly to where its own share of the text pulls them
+# between two exchanges, even within one step, so the sum of W such moves lands about W
+# times as far: with 2 the rows swing around that point, with 4 they swing further each
+# exchange. Measured with 4 workers of 1 thread (4.8M words of enwiki-AA, 5 epochs, seed
+# 4): diverged at learning rates 0.025 and 0.03, and at 0.025 with rounds of 400k words
+# (sooner); analogy 0.02% at 0.005 and 0.0125. Merging instead by the average (7.6%),
+# by half the sum (11.4%), the average for the 4,096 most frequent rows and the sum for
+# the rest (6.5%) or the average for the top 256 (0.6%) all fell far below 2 workers'
+# 18.4% on the same seed.
+MAX_FUSED_WORKERS = 2
 # The agreed values of a fused-kernel exchange, summed over workers (TableSync.exchange).
 SYNC_FLAGS = ("finished", "stop", "max_steps", "diverged", "chief_step", "words", "rows_changed")
 

@@ -112,6 +112,12 @@ DEFAULT_UPDATE_TOKENS = 1024  # tf kernel: tokens of one sequential update, over
 DEFAULT_NEWTON_CAP = 0.5
 NOISE_PER_NEGATIVE = 6  # tf kernel: noise words drawn per centre, per --negatives (noise_count)
 DEFAULT_SYNC_EVERY_WORDS = 1_600_000  # fused kernel, several workers: see trainer/exchange.py
+# Fused kernel, several workers: their learning rate over --learning-rate. Each worker
+# trains between exchanges without the others' changes, so the summed changes learn less
+# a word than one process does. On 4.8M words of enwiki-AA, 5 epochs, dim 100 (seeds 4-8):
+# 2 workers at 0.025 scored analogy 18.4%, one process 18.1% at 0.021 and 19.2% at 0.025;
+# the workers at 0.03 (1.2 x) 19.1% over seeds 1-8 against the one process's 19.2%.
+DEFAULT_WORKER_RATE_SCALE = 1.2
 _MIN_LR_RATIO = 1e-4
 _LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many (at most)
 _CURVE_POINTS = 40  # the loss curve gets a point every 1/40 of the training, at least
@@ -181,6 +187,11 @@ class TrainConfig(Params):
         DEFAULT_SYNC_EVERY_WORDS, ge=1,
         help="fused kernel on several workers: corpus words each worker trains between two "
              "exchanges of the tables")
+    worker_rate_scale: float = param(
+        DEFAULT_WORKER_RATE_SCALE, gt=0,
+        help="fused kernel on several workers: their learning rate is this many times "
+             "--learning-rate, as workers that add up changes made apart learn less a word "
+             "than one process (measured with 2 workers; 1 trains at --learning-rate)")
     tpu: str | None = param(None, help="TPU address (grpc://... or a TPU name)")
     seed: int = param(1, help="seed of the initial vectors and of every draw")
     checkpoint_every_steps: int = param(2000, ge=1, help="steps between checkpoints")
@@ -234,6 +245,18 @@ class TrainConfig(Params):
         return {"window": self.window if self.window is not None else corpus.window,
                 "sample": self.sample if self.sample is not None else corpus.sample,
                 "batch_size": self.batch_size if self.batch_size is not None else DEFAULT_BATCH[kernel]}
+
+
+def too_many_workers_error(workers):
+    """The error for more fused-kernel workers than exchange.MAX_FUSED_WORKERS."""
+    return ValueError(
+        f"--strategy multiworker with the fused kernel trains on at most {exchange.MAX_FUSED_WORKERS} "
+        f"workers, and TF_CONFIG names {workers}: with more, the workers' summed changes of the "
+        "most frequent words overshoot and training diverges or learns nothing (measured with 4 "
+        "workers at learning rates 0.005 to 0.03, trainer/exchange.py). Train on "
+        f"{exchange.MAX_FUSED_WORKERS} workers, or in one process with more threads "
+        "(TF_NUM_INTRAOP_THREADS; it scales with the cores), or pass --kernel tf, whose replicas "
+        "stay identical on any number of workers but train far slower on CPUs")
 
 
 def fused_only_error(config, forced):
@@ -613,6 +636,8 @@ def resolve_kernel(name, strategy, config=None):
                              f"strategy is {type(strategy).__name__} on {', '.join(devices)}: use --kernel "
                              f"tf or auto")
         return "tf"
+    if strategy.num_replicas_in_sync > exchange.MAX_FUSED_WORKERS:
+        raise too_many_workers_error(strategy.num_replicas_in_sync)
     from trainer import kernels  # pylint: disable=import-outside-toplevel
 
     try:
@@ -944,6 +969,12 @@ def fused_op(config, table=None):
     return kernels.skipgram_step
 
 
+def starting_rate(config, synced):
+    """The learning rate training starts at (then decayed linearly): --learning-rate, times
+    --worker-rate-scale for fused-kernel workers that add up their changes (`synced`)."""
+    return config.learning_rate * (config.worker_rate_scale if synced else 1.0)
+
+
 def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, sync=None, worker=0,
                     table=None, memory=None):
     """The step of the fused kernel: the batch updates the vectors in place.
@@ -960,11 +991,12 @@ def make_fused_step(state, config, corpus, total_words, loss_every=_LOSS_EVERY, 
     model, op = state.model, fused_op(config, table)
     noise_prob, noise_alias = (tf.constant(t) for t in kernels.alias_table(corpus.counts ** 0.75))
     seed_base = tf.constant((np.int64(config.seed) << 32) + (np.int64(worker) << 48), tf.int64)
+    rate = starting_rate(config, sync is not None)
 
     def fused_step(batch):
         if memory is not None:
             batch = memory.draw(batch)
-        lr = state.learning_rate(config.learning_rate, total_words)
+        lr = state.learning_rate(rate, total_words)
         # The loss costs a logarithm per update: it is measured on one step in loss_every.
         with_loss = tf.equal(state.step % loss_every, 0)
         loss, pairs = op(model.inputs, model.outputs, batch["ids"], batch["rows"], batch["radius"], noise_prob,
@@ -1510,7 +1542,9 @@ def meter_stats(loop, strategy, kernel, batch_size):
     """The run's training stats for info.json, the exchanged bytes included."""
     stats = loop.meter.finish(loop.state.words_done, strategy=type(strategy).__name__,
                               replicas=strategy.num_replicas_in_sync, kernel=kernel,
-                              batch_size=batch_size, chief=is_chief(strategy), **loop.exchanged())
+                              batch_size=batch_size, chief=is_chief(strategy),
+                              learning_rate=starting_rate(loop.config, isinstance(loop, SyncedEpochLoop)),
+                              **loop.exchanged())
     stats["bytes_exchanged_per_word"] = stats["bytes_exchanged"] / max(stats["words"], 1e-9)
     if "touched_rows_bytes" in stats:  # fused workers: what sending only changed rows would have cost
         stats["touched_rows_bytes_per_word"] = stats["touched_rows_bytes"] / max(stats["words"], 1e-9)
