@@ -5,7 +5,7 @@ corpus job output.
         [--min-n 3] [--max-n 6] [--buckets 2000000]] [--dim 100] [--epochs 5] [--negatives 5]
         [--learning-rate 0.025|0.05] [--batch-size N] [--kernel auto|fused|tf]
         [--strategy auto|cpu|mirrored|multiworker|tpu] [--tpu ADDRESS] [--seed N]
-        [--sync-every-words N] [--update-tokens N] [--init-from DIR] [...]
+        [--sync-every-words N] [--worker-rate-scale 1.2] [--update-tokens N] [--init-from DIR] [...]
                                        (`embedflow train --help` lists every flag)
     python -m jobs.train ...           (the same)
 

@@ -41,8 +41,9 @@ The learning rate decays linearly with the corpus words processed, from
     words drawn once per centre and shared by its contexts, the centre's pairs updated
     together (HogBatch); CBOW and the subword models are word2vec's and fastText's
     updates. The batch is split over TensorFlow's intra-op threads without locks
-    (Hogwild). With several workers (MultiWorkerMirroredStrategy) each trains its own
-    tables on its share of the shards and the workers add up their changes every
+    (Hogwild). With several workers (MultiWorkerMirroredStrategy, 2 at most) each trains
+    its own tables on its share of the shards, at --worker-rate-scale times the learning
+    rate, and the workers add up their changes every
     --sync-every-words words (`SyncedEpochLoop`, trainer/exchange.py): skip-gram and
     CBOW, whose tables are [V, d] both; not --subwords, refused before any work, as
     that exchange would send every one of the --buckets n-gram rows each round.
