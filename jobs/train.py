@@ -33,7 +33,8 @@ Output directory (published only when complete):
     info.json, COMPLETED            info.json's "model": {"family": "skipgram" | "cbow",
                                     "subwords": null | {"min_n", "max_n", "buckets"}};
                                     its "training": steps, words, words/s, the
-                                    loss curve, kernel, strategy, replicas, and what the
+                                    loss curve, kernel, strategy, replicas, the
+                                    learning rate it started at, and what the
                                     replicas exchanged: bytes_exchanged (payload bytes, all
                                     replicas) and bytes_exchanged_per_word; with several
                                     fused workers exchanges, hot_exchanges and

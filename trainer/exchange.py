@@ -70,8 +70,8 @@ HOT_EXCHANGES = 4
 # Most fused-kernel workers a run takes (skipgram.resolve_kernel refuses more). Each worker
 # moves the most frequent words' rows nearly to where its own share of the text pulls them
 # between two exchanges, even within one step, so the sum of W such moves lands about W
-# times as far: with 2 the rows swing around that point, with 4 they swing further each
-# exchange. Measured with 4 workers of 1 thread (4.8M words of enwiki-AA, 5 epochs, seed
+# times as far (with 2, that sum scaled by 1.25 already collapsed training: README).
+# Measured with 4 workers of 1 thread (4.8M words of enwiki-AA, 5 epochs, seed
 # 4): diverged at learning rates 0.025 and 0.03, and at 0.025 with rounds of 400k words
 # (sooner); analogy 0.02% at 0.005 and 0.0125. Merging instead by the average (7.6%),
 # by half the sum (11.4%), the average for the 4,096 most frequent rows and the sum for

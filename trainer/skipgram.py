@@ -192,7 +192,7 @@ class TrainConfig(Params):
         DEFAULT_WORKER_RATE_SCALE, gt=0,
         help="fused kernel on several workers: their learning rate is this many times "
              "--learning-rate, as workers that add up changes made apart learn less a word "
-             "than one process (measured with 2 workers; 1 trains at --learning-rate)")
+             "than one process (measured with 2 workers; 1 keeps --learning-rate)")
     tpu: str | None = param(None, help="TPU address (grpc://... or a TPU name)")
     seed: int = param(1, help="seed of the initial vectors and of every draw")
     checkpoint_every_steps: int = param(2000, ge=1, help="steps between checkpoints")
