@@ -67,16 +67,16 @@ HOT_ROWS = 4096  # rows of the most frequent words, exchanged more often by the 
 # 19.0-19.4%, WordSim-353 0.570 against 0.562-0.568; with 4, 1.0-1.2x, 18.8%, 0.554. Every
 # exchange is a barrier the two workers wait at for each other.
 HOT_EXCHANGES = 4
-# Most fused-kernel workers a run takes (skipgram.resolve_kernel refuses more). Each worker
-# moves the most frequent words' rows nearly to where its own share of the text pulls them
-# between two exchanges, even within one step, so the sum of W such moves lands about W
-# times as far (with 2, that sum scaled by 1.25 already collapsed training: README).
-# Measured with 4 workers of 1 thread (4.8M words of enwiki-AA, 5 epochs, seed
-# 4): diverged at learning rates 0.025 and 0.03, and at 0.025 with rounds of 400k words
-# (sooner); analogy 0.02% at 0.005 and 0.0125. Merging instead by the average (7.6%),
-# by half the sum (11.4%), the average for the 4,096 most frequent rows and the sum for
-# the rest (6.5%) or the average for the top 256 (0.6%) all fell far below 2 workers'
-# 18.4% on the same seed.
+# Most fused-kernel workers a run takes (skipgram.resolve_kernel refuses more). Measured
+# with 4 workers of 1 thread (4.8M words of enwiki-AA, 5 epochs, seed 4): diverged at
+# learning rates 0.025 and 0.03, and at 0.025 with rounds of 400k words (sooner);
+# analogy 0.02% at 0.005 and 0.0125. Merging instead by the average (7.6%), by half the
+# sum (11.4%), the average for the 4,096 most frequent rows and the sum for the rest
+# (6.5%) or the average for the top 256 (0.6%) all fell far below 2 workers' 18.5% on the
+# same seed. Likely cause: each worker moves the most frequent words' rows nearly to
+# where its own share of the text pulls them between two exchanges, even within one
+# step, so the sum of W such moves lands about W times as far (with 2, that sum scaled
+# by 1.25 already collapsed training: README).
 MAX_FUSED_WORKERS = 2
 # The agreed values of a fused-kernel exchange, summed over workers (TableSync.exchange).
 SYNC_FLAGS = ("finished", "stop", "max_steps", "diverged", "chief_step", "words", "rows_changed")
