@@ -257,7 +257,7 @@ def too_many_workers_error(workers):
         "workers at learning rates 0.005 to 0.03, trainer/exchange.py). Train on "
         f"{exchange.MAX_FUSED_WORKERS} workers, or in one process with more threads "
         "(TF_NUM_INTRAOP_THREADS; it scales with the cores), or pass --kernel tf, whose replicas "
-        "stay identical on any number of workers but train far slower on CPUs")
+        "stay identical by design (tested with 2) but train far slower on CPUs")
 
 
 def fused_only_error(config, forced):
