@@ -117,7 +117,7 @@ DEFAULT_SYNC_EVERY_WORDS = 1_600_000  # fused kernel, several workers: see train
 # trains between exchanges without the others' changes, so the summed changes learn less
 # a word than one process does. On 4.8M words of enwiki-AA, 5 epochs, dim 100 (seeds 4-8):
 # 2 workers at 0.025 scored analogy 18.4%, one process 18.1% at 0.021 and 19.2% at 0.025;
-# the workers at 0.03 (1.2 x) 19.1% over seeds 1-8 against the one process's 19.2%.
+# the workers at 0.03 (1.2 x) 19.1% over seeds 1-8 against the one process's 19.3%.
 DEFAULT_WORKER_RATE_SCALE = 1.2
 _MIN_LR_RATIO = 1e-4
 _LOSS_EVERY = 8  # the fused kernel measures the loss on one step in this many (at most)
