@@ -133,7 +133,7 @@ def _fmt(value, digits=4):
     return str(value)
 
 
-def _curve_table(curve):
+def _curve_table(curve, adaptation=None):
     """The sentiment learning curve: accuracy mean +- std per size, and the gap."""
     def cell(point):
         return "-" if point is None else f"{100 * point['mean']:.1f}% +- {100 * point['std']:.1f}"
@@ -144,7 +144,9 @@ def _curve_table(curve):
         gap = "-" if scr is None else f"{100 * (pre['mean'] - scr['mean']):+.1f} points"
         rows.append([name, cell(pre), cell(scr), gap])
     units = len(curve["pretrained"][0].get("values", [])) if curve["pretrained"] else 0
-    return (f"Sentiment learning curve (mean +- std over {units} folds or splits)",
+    adapted = (f"; pretrained vectors adapted to each fold's training texts, without their labels, "
+               f"for {adaptation['epochs']} epochs" if adaptation else "")
+    return (f"Sentiment learning curve (mean +- std over {units} folds or splits{adapted})",
             ["training texts", "pretrained", "scratch", "pretrained - scratch"], rows)
 
 
@@ -181,7 +183,7 @@ def _tables(summary, evaluation, neighbors, sentiment=None):
                 for name, s in evaluation["analogies"]["sections"].items()]
         tables.append(("Analogy sections", ["section", "accuracy", "correct", "questions"], rows))
     if sentiment and sentiment.get("learning_curve"):
-        tables.append(_curve_table(sentiment["learning_curve"]))
+        tables.append(_curve_table(sentiment["learning_curve"], sentiment.get("adaptation")))
     if neighbors:
         rows = [[word, ", ".join(f"{w} ({s:.2f})" for w, s in near)]
                 for word, near in neighbors.get("neighbors", {}).items()]

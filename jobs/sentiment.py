@@ -47,6 +47,7 @@ Output directory (published only when complete, see `core.outputs`):
     COMPLETED           written last.
 """
 
+import numpy as np
 import pydantic
 
 from core import outputs
@@ -190,7 +191,7 @@ def check_inputs(corpus_dir, embeddings_dir):
     """Refuses incomplete or mismatched --corpus/--embeddings before any work.
 
     Returns:
-      (corpus info.json, embeddings info.json, corpus vocabulary size).
+      (corpus info.json, embeddings info.json, corpus counts: int64 [vocabulary size]).
 
     Raises:
       FileNotFoundError: a directory is missing or has no COMPLETED marker.
@@ -199,8 +200,9 @@ def check_inputs(corpus_dir, embeddings_dir):
     corpus_info = outputs.require_completed(corpus_dir, "--corpus", corpus_schema.PRODUCER)
     embeddings_info = outputs.require_completed(embeddings_dir, "--embeddings",
                                                   embeddings_schema.PRODUCER)
-    corpus_vocab = [line.split("\t", 1)[0] for line in outputs.read_text(
+    corpus_rows = [line.split("\t") for line in outputs.read_text(
         outputs.join(corpus_dir, corpus_schema.VOCAB_FILE)).splitlines()]
+    corpus_vocab = [row[0] for row in corpus_rows]
     vector_vocab = [line.split("\t", 1)[0] for line in outputs.read_text(
         outputs.join(embeddings_dir, embeddings_schema.VOCAB_TXT)).splitlines()]
     if corpus_vocab != vector_vocab:
@@ -208,13 +210,14 @@ def check_inputs(corpus_dir, embeddings_dir):
             f"--embeddings {embeddings_dir} were not trained on --corpus {corpus_dir}: their "
             f"vocabularies differ ({len(vector_vocab)} vs {len(corpus_vocab)} words). Pass the "
             "corpus directory the embeddings were trained from.")
-    return corpus_info, embeddings_info, len(corpus_vocab)
+    return corpus_info, embeddings_info, np.array([int(row[1]) for row in corpus_rows], np.int64)
 
 
 def run(argv=None):
     """Runs the sentiment job: preprocessing, then training. Returns the output directory."""
     params, beam_args = parse_args(argv)
-    corpus_info, embeddings_info, vocab_size = check_inputs(params.corpus, params.embeddings)
+    corpus_info, embeddings_info, corpus_counts = check_inputs(params.corpus, params.embeddings)
+    vocab_size = len(corpus_counts)
     evaluation = trainer.Evaluation(folds=params.folds, eval_fraction=params.eval_fraction,
                                     compare_scratch=params.compare_scratch,
                                     curve_sizes=params.curve_size_values)
@@ -224,7 +227,8 @@ def run(argv=None):
         data = trainer.Data(
             examples=trainer.load_examples(example_files(examples_dir, schema.TRAIN)),
             eval_examples=trainer.load_examples(eval_files) if eval_files else None,
-            vectors=trainer.load_vectors(params.embeddings, vocab_size), labels=params.class_names)
+            vectors=trainer.load_vectors(params.embeddings, vocab_size), labels=params.class_names,
+            counts=corpus_counts)
         return trainer.train(params, data, evaluation, corpus_dir=params.corpus,
                              output_dir=output_dir)
 

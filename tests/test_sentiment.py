@@ -432,7 +432,7 @@ def test_end_to_end_pretrained_beats_scratch_then_serve_from_saved_model_alone(
     sentiment_job.run(["--input", train, "--eval-input", evaluate, "--format", "tsv", "--corpus", corpus_dir,
              "--embeddings", embeddings_dir, "--output", out, "--compare-scratch", "--curve-sizes",
              "none", "--hidden", "16", "--epochs", "12", "--batch-size", "16", "--min-epoch-batches", "1",
-             "--seed", "1"])
+             "--adapt-epochs", "3", "--seed", "1"])
     printed = capsys.readouterr().out
     assert "sentiment: eval: scratch embeddings, 200 training examples" in printed
 
@@ -446,6 +446,8 @@ def test_end_to_end_pretrained_beats_scratch_then_serve_from_saved_model_alone(
     assert metrics["pretrained_minus_scratch"] >= 0.2
     assert metrics["learning_curve"]["size_names"] == ["all"]
     assert info["model"]["learning_curve"]["scratch"]["all"] == metrics["scratch"]["accuracy"]
+    # The vectors were adapted once, on the 200 training texts (the eval texts' words stay put).
+    assert info["model"]["adaptation"]["units"] == 1 and info["model"]["adaptation"]["epochs"] == 3
 
     for path in (corpus_dir, embeddings_dir, os.path.join(out, schema.EXAMPLES_DIR)):
         shutil.rmtree(path)
@@ -480,3 +482,39 @@ def test_min_epochs_keeps_early_stopping_from_giving_up_at_once(topic_embeddings
         runs[min_epochs] = len(trained.history["loss"])
     assert runs[6] >= 7  # watched only from the seventh epoch on
     assert runs[0] < runs[6]
+
+
+def test_vectors_are_adapted_on_each_training_fold_and_never_on_its_test_texts(
+        tmp_path, topic_embeddings, monkeypatch):
+    corpus_dir, embeddings_dir = topic_embeddings
+    vocab = fixtures.read_vocab(corpus_dir)
+    rows = topic_texts({1: POSITIVE, 0: NEGATIVE}, 30, seed=4)
+    examples = trainer.Examples(
+        [np.array(expected_ids(corpus_dir, text.rstrip(".!,").lower().split())) for _, text in rows],
+        np.array([label for label, _ in rows]), np.array([job.text_hash(t) for _, t in rows]))
+    vectors = trainer.load_vectors(embeddings_dir, len(vocab))
+    seen, real = [], trainer.adapt.adapt_vectors
+
+    def spy(start, counts, texts, **kwargs):
+        seen.append((sorted(tuple(t) for t in texts), kwargs["epochs"]))
+        adapted = real(start, counts, texts, **kwargs)
+        assert not np.allclose(adapted, start)  # the models get vectors that moved
+        return adapted
+
+    monkeypatch.setattr(trainer.adapt, "adapt_vectors", spy)
+    config = trainer.SentimentConfig(epochs=3, batch_size=16, min_epoch_batches=2, adapt_epochs=4, seed=2)
+    data = trainer.Data(examples=examples, eval_examples=None, vectors=vectors, labels=LABELS,
+                        counts=np.array([count for _, count in vocab]))
+    evaluation = trainer.Evaluation(folds=2, eval_fraction=None, compare_scratch=True, curve_sizes=(10,))
+    report = trainer.train(config, data, evaluation, corpus_dir=corpus_dir, output_dir=str(tmp_path))
+    texts = [tuple(t) for t in examples.ids]
+    folds = [sorted(t for t, key in zip(texts, examples.keys) if key % 2 != k) for k in (0, 1)]
+    # Each fold adapts on its training texts alone (the test fold's never), the exported
+    # model on every text; the learning curve's 10-text sets reuse their fold's vectors.
+    assert sorted(s for s, _ in seen[:2]) == sorted(folds) and seen[2][0] == sorted(texts)
+    assert [epochs for _, epochs in seen] == [4, 4, 4]
+    assert report["adaptation"]["units"] == 3 and report["adaptation"]["epochs"] == 4
+
+    with pytest.raises(ValueError, match="--adapt-epochs needs the corpus counts"):
+        trainer.train(config, data._replace(counts=None), evaluation, corpus_dir=corpus_dir,
+                      output_dir=str(tmp_path / "again"))

@@ -51,7 +51,7 @@ from core import outputs, plots, tokens
 from core.params import Params, param
 from schemas import embeddings as embeddings_schema
 from schemas import sentiment as schema
-from trainer import common
+from trainer import adapt, common
 
 PRETRAINED = "pretrained"
 SCRATCH = "scratch"
@@ -92,6 +92,10 @@ class SentimentConfig(Params):
                                   help="learning rate of the fine-tuned pretrained embeddings, "
                                        "relative to the rest (scratch embeddings, with nothing "
                                        "to keep, train at the full rate)")
+    adapt_epochs: int = param(0, ge=0,
+                              help="before the pretrained models train, continue skip-gram training "
+                                   "of the vectors for this many epochs on the training texts, "
+                                   "without their labels (0: use them as trained)")
     seed: int = param(0, ge=0, help="seed of weights, dropout and shuffling")
 
 
@@ -521,6 +525,7 @@ class Data(typing.NamedTuple):
     eval_examples: typing.Optional[Examples]  # the --eval-input examples, or None
     vectors: np.ndarray  # the trained vectors, float32 [vocab_size, dim]
     labels: tuple  # class names, in class-index order
+    counts: typing.Optional[np.ndarray] = None  # corpus count of each id (for --adapt-epochs)
 
 
 class Evaluation(typing.NamedTuple):
@@ -570,8 +575,8 @@ def train(config, data, evaluation, *, corpus_dir, output_dir):
     scores = score_units(config, data, pool, units, evaluation)
     if evaluation.folds:
         # Every example was tested once; the exported model learns from all of them.
-        scores.kept = fit(config, pool, vectors=data.vectors, pretrained=True,
-                          num_classes=num_classes, seed_parts=("all",))
+        scores.kept = fit(config, pool, vectors=unit_vectors(config, data, pool, scores, "all"),
+                          pretrained=True, num_classes=num_classes, seed_parts=("all",))
     export_model(scores.kept.model, corpus_dir, data.labels,
                  outputs.join(output_dir, schema.MODEL_DIR))
     metrics = summarize(scores, pool, evaluation, data.labels, description)
@@ -586,6 +591,7 @@ def train(config, data, evaluation, *, corpus_dir, output_dir):
                              if metrics[SCRATCH] else None),
         "learning_curve": {init: dict(zip(curve["size_names"], [p["mean"] for p in curve[init]]))
                            for init in evaluation.inits},
+        "adaptation": scores.adaptation,
         "exported_best_epoch": scores.kept.best_epoch + 1,
         "exported_epochs_run": len(scores.kept.history["loss"]),
         "seconds": round(time.time() - started, 2),
@@ -635,6 +641,27 @@ class Scores:
         self.unit_names = []
         self.unit_sizes = []  # per unit, its training-set sizes
         self.kept = None  # Trained: the model to export
+        self.adaptation = None  # --adapt-epochs: what adapting the vectors took (info.json)
+
+
+def unit_vectors(config, data, train_set, scores, name):
+    """The vectors the pretrained models of a unit start from: `data.vectors`, or with
+    --adapt-epochs those vectors trained further on the unit's training texts (all of them,
+    unlabelled; the learning curve's smaller sets start from the same vectors). Held-out
+    texts never reach them."""
+    if not config.adapt_epochs:
+        return data.vectors
+    if data.counts is None:
+        raise ValueError("--adapt-epochs needs the corpus counts of the vectors' vocabulary")
+    started = time.time()
+    vectors = adapt.adapt_vectors(data.vectors, data.counts, train_set.ids, epochs=config.adapt_epochs,
+                                  seed=derive_seed(config.seed, "adapt", name))
+    seconds = time.time() - started
+    print(f"sentiment: {name}: vectors adapted to its {len(train_set):,} training texts "
+          f"({config.adapt_epochs} epochs, {seconds:.1f} s)", flush=True)
+    done = scores.adaptation or {"epochs": config.adapt_epochs, "units": 0, "seconds": 0.0}
+    scores.adaptation = {**done, "units": done["units"] + 1, "seconds": round(done["seconds"] + seconds, 2)}
+    return vectors
 
 
 def score_units(config, data, pool, units, evaluation):
@@ -647,11 +674,12 @@ def score_units(config, data, pool, units, evaluation):
         scores.unit_names.append(name)
         scores.unit_sizes.append(sizes)
         scores.tested[test_at] = True
+        vectors = unit_vectors(config, data, train_set, scores, name)
         for n in sizes:
             subset = train_set.take(order[:n])
             full = n == len(train_set)
             for init in evaluation.inits:
-                trained = fit(config, subset, vectors=data.vectors, pretrained=init == PRETRAINED,
+                trained = fit(config, subset, vectors=vectors, pretrained=init == PRETRAINED,
                               num_classes=len(data.labels), seed_parts=(name, n))
                 probabilities = predict(trained.model, test_set)
                 accuracy = _accuracy(probabilities, test_set.labels)
@@ -695,6 +723,9 @@ def summarize(scores, pool, evaluation, labels, description):
         "pretrained_minus_scratch": (headline["mean"] - results[SCRATCH]["split_accuracy"]["mean"]
                                      if SCRATCH in results else None),
         "learning_curve": curve,
+        # --adapt-epochs: the pretrained models' vectors were trained further on each
+        # unit's training texts (unlabelled) first; None: used as trained.
+        "adaptation": scores.adaptation,
         "exported_model": {"trained_on": "every example" if evaluation.folds else "the training set",
                            "best_epoch": scores.kept.best_epoch + 1,
                            "epochs_run": len(scores.kept.history["loss"]),
