@@ -148,7 +148,7 @@ def main(argv=None):
           f"the corpus vocabulary of {info['corpus']['vocab_size']:,}); embeddings "
           f"{args.embeddings} (dim {info['embeddings']['parameters'].get('dim')}, "
           f"{info['embeddings']['parameters'].get('epochs')} epoch(s)); {cores} CPU cores; "
-          f"parameters {json.dumps({k: v for k, v in info['parameters'].items() if k in ('hidden', 'hidden_layers', 'fine_tune', 'fine_tune_rate', 'standardize', 'dropout', 'word_dropout', 'batch_size', 'learning_rate', 'normalize')})}\n")
+          f"parameters {json.dumps({k: v for k, v in info['parameters'].items() if k in ('hidden', 'hidden_layers', 'fine_tune', 'fine_tune_rate', 'standardize', 'dropout', 'word_dropout', 'batch_size', 'learning_rate', 'normalize', 'adapt_epochs')})}\n")
     print(tables(metrics, wall, peak))
     print("\nServed from the exported SavedModel (raw strings in):")
     for text, label, p in zip(SERVE_EXAMPLES, classes, positive):

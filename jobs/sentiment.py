@@ -2,7 +2,7 @@
 
     embedflow sentiment --input PATH [--input PATH ...] --format tsv|csv|polarity|folders
                         --corpus DIR --embeddings DIR --output DIR
-                        [--hidden 64] [--freeze | --fine-tune] [--fine-tune-rate 0.1]
+                        [--hidden 64] [--freeze | --fine-tune] [--fine-tune-rate 0.1] [--adapt-epochs 0]
                         [--folds K | --eval-input PATH ... | --eval-fraction F]
                         [--compare-scratch] [--curve-sizes 100,300,1000,3000] [--seed N]
                         [--labels neg,pos] [--label-column label] [--text-column text]

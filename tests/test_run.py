@@ -103,6 +103,9 @@ def test_first_run_computes_every_stage_writes_a_report_and_promotes(chain):
     assert md.splitlines()[4].startswith("Vectors: trained, skip-gram") and "16 dimensions, 1 epoch," in md
     assert md.index("## Vectors") < md.index("## Stages") and "| stage | train: ran |" in md
     assert "| digit_accuracy |" in md and "| cat |" in md and "nosuchword" in md
+    if "sentiment" in expected:  # the sample's sentiment section adapts the vectors first
+        assert ("over 3 folds or splits; pretrained vectors adapted to each fold's training texts, "
+                "without their labels, for 50 epochs)") in md
     page = open(os.path.join(run_dir, "report.html"), encoding="utf-8").read()
     images = re.findall(r"<img src='([^']+)'", page)
     assert len(images) >= 3  # every image the page shows is a PNG beside it

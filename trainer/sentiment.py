@@ -17,6 +17,12 @@ flags, defaults and checks). The model (`build_model`):
       -> `hidden_layers` x (dropout, Dense `hidden` + ReLU) -> dropout
       -> Dense + sigmoid (two classes) or softmax (more).
 
+With `adapt_epochs`, the pretrained models of each evaluation unit start from the vectors
+trained further on that unit's training texts, without their labels (`trainer.adapt`:
+skip-gram on the texts, as the trainer learned the vectors on the corpus). Every size of
+the unit's learning curve starts from the same adapted vectors: they saw the unit's
+unlabelled texts, as a semi-supervised learner would, and never its held-out texts.
+
 The scratch baseline is the same model with embeddings drawn uniformly in +-0.05 and
 always trained (a frozen random table is no baseline), from the same seeds, on the same
 examples. Embedding rows are updated lazily: Adam's moments and the update touch only
@@ -34,7 +40,7 @@ smaller than the fold. With folds, the exported model is trained on every exampl
 Every training set and every held-out set must hold every class (`check_units`).
 
 `train` runs the steps: `make_splits` -> `check_units` -> `report_budget` ->
-`score_units` (`fit` and `predict` per unit, init and size) -> export -> `summarize`
+`score_units` (`unit_vectors`, then `fit` and `predict` per unit, init and size) -> export -> `summarize`
 -> `write_metrics`.
 """
 
