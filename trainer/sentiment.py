@@ -473,8 +473,9 @@ def _summary(values):
     return {"mean": float(values.mean()), "std": float(values.std()), "values": values.tolist()}
 
 
-def plot_size_curve(curve, path, title):
-    """Writes a PNG of accuracy against training-set size (log scale), one line per init."""
+def plot_size_curve(curve, path, title, adaptation=None):
+    """Writes a PNG of accuracy against training-set size (log scale), one line per init
+    (the pretrained line says how its vectors were adapted, with --adapt-epochs)."""
     from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
 
     figure = Figure(figsize=(6.5, 4.5))
@@ -486,8 +487,9 @@ def plot_size_curve(curve, path, title):
         mean = np.array([p["mean"] for p in curve[init]])
         std = np.array([p["std"] for p in curve[init]])
         units = len(curve[init][0].get("values", [])) or 1
+        adapted = f", adapted {adaptation['epochs']} epochs" if adaptation and init == PRETRAINED else ""
         ax.errorbar(sizes, mean, yerr=std, marker="o", capsize=4,
-                    label=f"{init} embeddings (mean +- std over {units})")
+                    label=f"{init} embeddings{adapted} (mean +- std over {units})")
         ax.fill_between(sizes, mean - std, mean + std, alpha=0.15)
     ax.set_xscale("log")
     ax.set_xlabel("training examples")
@@ -749,7 +751,8 @@ def write_metrics(metrics, output_dir):
     print(f"sentiment: {summary}", flush=True)
     exported = metrics["exported_model"]
     plot_size_curve(metrics["learning_curve"], outputs.join(output_dir, schema.SIZE_CURVE_PLOT),
-                    title=f"Accuracy against training-set size ({description})")
+                    title=f"Accuracy against training-set size ({description})",
+                    adaptation=metrics["adaptation"])
     plots.plot_learning_curves(exported["history"],
                                outputs.join(output_dir, schema.TRAINING_CURVES_PLOT),
                                best_epoch=exported["best_epoch"] - 1,
