@@ -40,6 +40,8 @@ from schemas import sentiment as schema  # noqa: E402  pylint: disable=wrong-imp
 ANCHORS = (("NBOW, random embeddings (Iyyer et al. 2015)", 0.762),
            ("NBOW, GloVe (Iyyer et al. 2015)", 0.790),
            ("DAN, GloVe (Iyyer et al. 2015)", 0.803))
+SHOWN_PARAMETERS = ("hidden", "hidden_layers", "fine_tune", "fine_tune_rate", "standardize", "dropout",
+                    "word_dropout", "batch_size", "learning_rate", "normalize", "adapt_epochs")
 GATE_ACCURACY = 0.76
 GATE_SIZE, GATE_GAP = 500, 0.05
 SERVE_EXAMPLES = ("a gorgeous , witty , seductive movie .",
@@ -148,7 +150,7 @@ def main(argv=None):
           f"the corpus vocabulary of {info['corpus']['vocab_size']:,}); embeddings "
           f"{args.embeddings} (dim {info['embeddings']['parameters'].get('dim')}, "
           f"{info['embeddings']['parameters'].get('epochs')} epoch(s)); {cores} CPU cores; "
-          f"parameters {json.dumps({k: v for k, v in info['parameters'].items() if k in ('hidden', 'hidden_layers', 'fine_tune', 'fine_tune_rate', 'standardize', 'dropout', 'word_dropout', 'batch_size', 'learning_rate', 'normalize', 'adapt_epochs')})}\n")
+          f"parameters {json.dumps({k: v for k, v in info['parameters'].items() if k in SHOWN_PARAMETERS})}\n")
     print(tables(metrics, wall, peak))
     print("\nServed from the exported SavedModel (raw strings in):")
     for text, label, p in zip(SERVE_EXAMPLES, classes, positive):
