@@ -496,7 +496,7 @@ def plot_size_curve(curve, path, title, adaptation=None):
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize="small")
     plots.save_figure(figure, path)
 
 
