@@ -66,7 +66,11 @@ def adapt_vectors(vectors, counts, texts, *, epochs, window=5, negatives=5, samp
     if epochs <= 0 or not len(tokens):
         return vectors.copy()
     started = time.time()
-    kernels.load()
+    try:
+        kernels.load()
+    except kernels.KernelUnavailable as error:
+        raise kernels.KernelUnavailable(f"adapting the vectors needs the fused skip-gram kernel ({error}); "
+                                        f"pass --adapt-epochs 0 to use them as trained") from error
     inputs = tf.Variable(vectors)
     outputs = tf.Variable(tf.zeros_like(vectors))
     tokens_t, starts_t = tf.constant(tokens), tf.constant(starts)
