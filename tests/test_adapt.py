@@ -78,3 +78,15 @@ def test_counts_must_match_the_vectors(start):
     vectors, counts = start
     with pytest.raises(ValueError, match="39 counts for 40 vectors"):
         adapt.adapt_vectors(vectors, counts[:-1], group_texts(4, seed=0), epochs=1)
+
+
+def test_without_the_kernel_the_error_names_the_way_around_it(start, monkeypatch):
+    from trainer import kernels
+
+    def unavailable():
+        raise kernels.KernelUnavailable("no C++ compiler")
+
+    monkeypatch.setattr(kernels, "load", unavailable)
+    vectors, counts = start
+    with pytest.raises(kernels.KernelUnavailable, match=r"no C\+\+ compiler.*--adapt-epochs 0"):
+        adapt.adapt_vectors(vectors, counts, group_texts(4, seed=0), epochs=1)
