@@ -8,8 +8,8 @@ Gururangan et al. (2020), for word vectors. It starts from the pretrained input 
 and zero output vectors (word2vec's start for them; the trainer does not export its
 output vectors), subsamples and draws noise words by the corpus counts the vectors were
 trained with, and decays the learning rate linearly over all its epochs, as the trainer
-does. Only training texts are ever passed: the held-out texts of a fold never shape the
-vectors that fold is tested with.
+does. Its caller (`trainer.sentiment.unit_vectors`) passes training texts only: the
+held-out texts of a fold never shape the vectors that fold is tested with.
 
 It runs the trainer's fused CPU kernel (`trainer.kernels`) on the texts in memory: the
 sentiment sample's 7,000 training texts (140k tokens) take about a second per 10 epochs
