@@ -28,7 +28,7 @@ import keras  # noqa: E402  pylint: disable=wrong-import-position
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
 from benchmarks.common import print_table  # noqa: E402  pylint: disable=wrong-import-position
-from schemas import corpus as corpus_schema  # noqa: E402  pylint: disable=wrong-import-position
+from jobs import sentiment as sentiment_job  # noqa: E402  pylint: disable=wrong-import-position
 from trainer import sentiment as trainer  # noqa: E402  pylint: disable=wrong-import-position
 
 
@@ -65,9 +65,7 @@ def run_config(args):
 def main(argv=None):
     args = parse_args(argv)
     config = run_config(args)
-    rows = [line.split("\t") for line in open(os.path.join(args.run, "corpus", corpus_schema.VOCAB_FILE),
-                                              encoding="utf-8").read().splitlines()]
-    counts = np.array([int(r[1]) for r in rows], np.int64)
+    _, _, counts = sentiment_job.check_inputs(os.path.join(args.run, "corpus"), os.path.join(args.run, "embeddings"))
     examples = trainer.load_examples(sorted(glob.glob(os.path.join(args.run, "sentiment", "examples", "train-*"))))
     data = trainer.Data(examples, None, trainer.load_vectors(os.path.join(args.run, "embeddings"), len(counts)),
                         ("neg", "pos"), counts)
@@ -80,7 +78,7 @@ def main(argv=None):
         order = trainer.curve_order(train_set.keys)
         for init, epochs in arms:
             unit_config = config.model_copy(update={"adapt_epochs": epochs})
-            vectors = trainer.unit_vectors(unit_config, data, train_set, trainer.Scores((), 0, 2), name)
+            vectors = trainer.unit_vectors(unit_config, data, train_set, name)
             for n in sizes:
                 for d in range(args.draws):
                     if (d + 1) * n > len(train_set):

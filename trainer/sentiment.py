@@ -583,7 +583,7 @@ def train(config, data, evaluation, *, corpus_dir, output_dir):
     scores = score_units(config, data, pool, units, evaluation)
     if evaluation.folds:
         # Every example was tested once; the exported model learns from all of them.
-        scores.kept = fit(config, pool, vectors=unit_vectors(config, data, pool, scores, "all"),
+        scores.kept = fit(config, pool, vectors=unit_vectors(config, data, pool, "all", scores),
                           pretrained=True, num_classes=num_classes, seed_parts=("all",))
     export_model(scores.kept.model, corpus_dir, data.labels,
                  outputs.join(output_dir, schema.MODEL_DIR))
@@ -652,11 +652,11 @@ class Scores:
         self.adaptation = None  # --adapt-epochs: what adapting the vectors took (info.json)
 
 
-def unit_vectors(config, data, train_set, scores, name):
+def unit_vectors(config, data, train_set, name, scores=None):
     """The vectors the pretrained models of a unit start from: `data.vectors`, or with
     --adapt-epochs those vectors trained further on the unit's training texts (all of them,
     unlabelled; the learning curve's smaller sets start from the same vectors). Held-out
-    texts never reach them."""
+    texts never reach them. The time it took is added to `scores.adaptation`, if given."""
     if not config.adapt_epochs:
         return data.vectors
     if data.counts is None:
@@ -667,8 +667,9 @@ def unit_vectors(config, data, train_set, scores, name):
     seconds = time.time() - started
     print(f"sentiment: {name}: vectors adapted to its {len(train_set):,} training texts "
           f"({config.adapt_epochs} epochs, {seconds:.1f} s)", flush=True)
-    done = scores.adaptation or {"epochs": config.adapt_epochs, "units": 0, "seconds": 0.0}
-    scores.adaptation = {**done, "units": done["units"] + 1, "seconds": round(done["seconds"] + seconds, 2)}
+    if scores is not None:
+        done = scores.adaptation or {"epochs": config.adapt_epochs, "units": 0, "seconds": 0.0}
+        scores.adaptation = {**done, "units": done["units"] + 1, "seconds": round(done["seconds"] + seconds, 2)}
     return vectors
 
 
@@ -682,7 +683,7 @@ def score_units(config, data, pool, units, evaluation):
         scores.unit_names.append(name)
         scores.unit_sizes.append(sizes)
         scores.tested[test_at] = True
-        vectors = unit_vectors(config, data, train_set, scores, name)
+        vectors = unit_vectors(config, data, train_set, name, scores)
         for n in sizes:
             subset = train_set.take(order[:n])
             full = n == len(train_set)
