@@ -38,6 +38,7 @@ TEST = [
     "pytest==9.2.0",
     "gensim==4.4.0",
     "gcp-storage-emulator==2026.7.19",
+    "playwright==1.65.2",  # drives the system's Chromium to render report.html (no browser download)
 ]
 
 setuptools.setup(

@@ -367,7 +367,8 @@ def write_report(run_dir, summary):
 
     style = ("body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
              "table{border-collapse:collapse;margin-bottom:1em}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}")
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left;font-size:90%}"
+             "img{max-width:100%;height:auto}")  # wide plots shrink to the page instead of overflowing it
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>",
              f"<p><b>{html.escape(verdict)}</b></p>"] + ([f"<p>{html.escape(origin)}</p>"] if origin else [])

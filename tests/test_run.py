@@ -120,6 +120,53 @@ def test_first_run_computes_every_stage_writes_a_report_and_promotes(chain):
     assert len(pca["words"]) == len(pca["xy"]) == 20
 
 
+def _chromium():
+    """The path of a Chromium or Chrome binary on this machine, or None."""
+    named = os.environ.get("EMBEDFLOW_CHROMIUM")
+    if named:
+        return named
+    return next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+
+
+def test_the_html_report_renders_in_a_browser_with_every_image_loaded(chain):
+    browser_path = _chromium()
+    if not browser_path:
+        pytest.skip("no Chromium on this machine: ./test.sh installs Debian's chromium when run as root, "
+                    "or set EMBEDFLOW_CHROMIUM to a Chromium binary")
+    from playwright.sync_api import sync_playwright
+    report = os.path.join(_run_dir(chain["out"], chain["first"]["run"]), "report.html")
+    problems = []
+    # The flags keep a headless Chromium off the network: the report must need nothing but its own files.
+    flags = ["--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--no-first-run", "--disable-gpu"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 640, "height": 900})
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            page.goto("file://" + report, wait_until="load")
+            images = page.evaluate("""Array.from(document.images).map(i => ({
+                src: i.getAttribute('src'), alt: i.alt, loaded: i.complete && i.naturalWidth > 0,
+                right: i.getBoundingClientRect().right}))""")
+            shown = page.evaluate("""({title: document.title, h1: document.querySelector('h1').innerText,
+                lead: document.querySelector('h1 + p').innerText,
+                width: document.documentElement.scrollWidth, viewport: window.innerWidth,
+                body: document.body.getBoundingClientRect().right})""")
+        finally:
+            browser.close()
+    assert problems == []
+    page_source = open(report, encoding="utf-8").read()
+    assert len(images) == page_source.count("<img ") >= 3
+    assert all(i["loaded"] and i["alt"] for i in images), images
+    # Nothing wider than the page: no plot runs past the body, no sideways scrolling in a 640-pixel window.
+    assert all(i["right"] <= shown["body"] + 0.5 for i in images), (images, shown)
+    assert shown["width"] <= shown["viewport"], shown
+    assert shown["title"] == shown["h1"] == f"embedflow run {chain['first']['run']}"
+    assert shown["lead"].startswith("Promoted: every gate passed")
+
+
 def test_second_run_reuses_every_stage_by_fingerprint(chain):
     out = chain["out"]
     started = time.time()
