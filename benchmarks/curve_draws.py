@@ -1,7 +1,7 @@
 """The small end of a run's sentiment learning curve, over many draws instead of one.
 
     python -m benchmarks.curve_draws --run RUNS/runs/<run> [--sizes 100] [--draws 6]
-        [--adapt-epochs 0,50] [--folds 3] [--set key=value ...]
+        [--adapt-epochs 0,50] [--folds 3] [--counts corpus|rank] [--set key=value ...]
 
 A run's curve trains each fold once per size, on the first n texts of its training fold:
 at 100 texts one draw decides a lot (the fold's accuracy varies by 2-3 points from draw
@@ -9,7 +9,10 @@ to draw). This takes the run's corpus, vectors and sentiment examples, and for e
 fold trains on `--draws` disjoint sets of n texts (texts d*n .. (d+1)*n - 1 of the
 fold's curve order, so draw 0 is the run's own), pretrained (once per value of
 `--adapt-epochs`, adapted on the fold's training texts as the sentiment job does) and
-scratch, each tested on the fold's held-out texts. The sentiment settings are the run's
+scratch, each tested on the fold's held-out texts. `--counts rank` adapts with the counts
+`embedflow import-vectors` gives a file's words (row i: vocabulary size - i) in place of
+the corpus counts, to measure what adaptation does for imported vectors, which have
+none. The sentiment settings are the run's
 (its stage's info.json), with `--set` overriding any of them. Prints a table of
 mean +- std over folds x draws, and the gap to scratch.
 """
@@ -39,6 +42,9 @@ def parse_args(argv):
     parser.add_argument("--draws", type=int, default=6, help="disjoint training sets per fold and size")
     parser.add_argument("--adapt-epochs", default="0,50", help="pretrained rows to measure, comma-separated")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--counts", choices=("corpus", "rank"), default="corpus",
+                        help="what adaptation subsamples and draws noise by: the corpus counts, or the "
+                             "rank counts an imported file's words get")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sentiment setting (JSON value), e.g. --set fine_tune_rate=0.3")
     args = parser.parse_args(argv)
@@ -66,6 +72,8 @@ def main(argv=None):
     args = parse_args(argv)
     config = run_config(args)
     _, _, counts = sentiment_job.check_inputs(os.path.join(args.run, "corpus"), os.path.join(args.run, "embeddings"))
+    if args.counts == "rank":  # jobs/import_vectors.py: the file has no counts, row i gets vocab_size - i
+        counts = len(counts) - np.arange(len(counts))
     examples = trainer.load_examples(sorted(glob.glob(os.path.join(args.run, "sentiment", "examples", "train-*"))))
     data = trainer.Data(examples, None, trainer.load_vectors(os.path.join(args.run, "embeddings"), len(counts)),
                         ("neg", "pos"), counts)
@@ -97,6 +105,7 @@ def main(argv=None):
         for init, epochs in arms:
             values = accuracies[(init, epochs), n]
             label = f"pretrained, adapt {epochs}" if init == "pretrained" else "scratch"
+            label += f" ({args.counts} counts)" if init == "pretrained" and epochs else ""
             table.append([f"{n:,}", label, len(values), f"{100 * np.mean(values):.1f}% +- {100 * np.std(values):.1f}",
                           "" if init == "scratch" else f"{100 * (np.mean(values) - scratch):+.1f}"])
     print_table(table, ["texts", "embeddings", "models", "accuracy", "vs scratch (points)"])
