@@ -47,7 +47,6 @@ Output directory (published only when complete, see `core.outputs`):
     COMPLETED           written last.
 """
 
-import numpy as np
 import pydantic
 
 from core import outputs
@@ -62,6 +61,7 @@ from schemas import corpus as corpus_schema
 from schemas import embeddings as embeddings_schema
 from schemas import sentiment as schema
 from trainer import sentiment as trainer
+from trainer.skipgram import read_vocab
 
 # Text encodings by --format, when --encoding is not given.
 ENCODINGS = {"polarity": "latin-1"}
@@ -200,9 +200,7 @@ def check_inputs(corpus_dir, embeddings_dir):
     corpus_info = outputs.require_completed(corpus_dir, "--corpus", corpus_schema.PRODUCER)
     embeddings_info = outputs.require_completed(embeddings_dir, "--embeddings",
                                                   embeddings_schema.PRODUCER)
-    corpus_rows = [line.split("\t") for line in outputs.read_text(
-        outputs.join(corpus_dir, corpus_schema.VOCAB_FILE)).splitlines()]
-    corpus_vocab = [row[0] for row in corpus_rows]
+    corpus_vocab, corpus_counts = read_vocab(corpus_dir)
     vector_vocab = [line.split("\t", 1)[0] for line in outputs.read_text(
         outputs.join(embeddings_dir, embeddings_schema.VOCAB_TXT)).splitlines()]
     if corpus_vocab != vector_vocab:
@@ -210,7 +208,7 @@ def check_inputs(corpus_dir, embeddings_dir):
             f"--embeddings {embeddings_dir} were not trained on --corpus {corpus_dir}: their "
             f"vocabularies differ ({len(vector_vocab)} vs {len(corpus_vocab)} words). Pass the "
             "corpus directory the embeddings were trained from.")
-    return corpus_info, embeddings_info, np.array([int(row[1]) for row in corpus_rows], np.int64)
+    return corpus_info, embeddings_info, corpus_counts
 
 
 def run(argv=None):

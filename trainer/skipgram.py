@@ -289,20 +289,30 @@ class Corpus:
         return int(self.counts.sum())
 
 
+def read_vocab(directory):
+    """The vocab.tsv of a corpus output at `directory` (line i is id i).
+
+    Returns:
+      (tokens: list of str, counts: int64 [vocabulary size]).
+    """
+    rows = [line.split("\t") for line in outputs.read_text(
+        outputs.join(directory, corpus_schema.VOCAB_FILE)).splitlines()]
+    return [r[0] for r in rows], np.array([int(r[1]) for r in rows], dtype=np.int64)
+
+
 def load_corpus(directory):
     """The corpus job output at `directory`, its window shards checked against its info.json."""
     info = outputs.require_completed(directory, "--corpus", corpus_schema.PRODUCER)
     if info.get("job") != "corpus":
         raise ValueError(f"--corpus {directory} is the output of `{info.get('job')}`, not of the corpus job")
-    text = outputs.read_text(outputs.join(directory, corpus_schema.VOCAB_FILE))
-    rows = [line.split("\t") for line in text.splitlines()]
+    vocab, counts = read_vocab(directory)
     pattern = outputs.join(directory, corpus_schema.WINDOWS_DIR, "*")
     sizes = {m.path: m.size_in_bytes for m in FileSystems.match([pattern])[0].metadata_list}
     if not sizes:
         raise FileNotFoundError(f"--corpus {directory} holds no window files")
     check_window_shards(directory, sizes, info.get("windows", {}).get("shard_bytes"))
-    return Corpus(directory, [r[0] for r in rows], np.array([int(r[1]) for r in rows], dtype=np.int64),
-                  sorted(sizes), info["parameters"]["window"], info["parameters"]["sample"], info)
+    return Corpus(directory, vocab, counts, sorted(sizes), info["parameters"]["window"],
+                  info["parameters"]["sample"], info)
 
 
 def damaged_corpus(directory, what):
